@@ -1,0 +1,359 @@
+"""Experiment configuration: the one home of every key, its default, type and meaning.
+
+Keys are flat dotted names (the seed's public interface, e.g. ``training.use_fl``,
+``recovery.noise_0.act_inject.sigma``). A run's effective configuration is built as
+
+    schema defaults  <  the chosen conf YAML file  <  ``flwr run --run-config`` overrides.
+
+Flower only accepts overrides for keys declared in pyproject's ``[tool.flwr.app.config]``,
+and fuses them into those declared values before the app sees them. So pyproject declares
+every key with the value ``""`` ("not given on the command line"); anything else there is
+an override. ``tests/test_config.py`` checks that pyproject, ``conf/default.yaml`` and the
+README's key table all agree with ``SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+CONF_KEY = "conf"
+DEFAULT_CONF = "conf/default.yaml"
+UNSET = ""
+MAX_NOISE_LEVELS = 10
+DEVICES = ("PCM",)
+PROTOCOLS = ("realistic", "seed")
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names the key (and file) and what was expected."""
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    above_minimum: bool = False  # value must be > minimum rather than >=
+    nullable: bool = False
+    kind: type | None = None  # inferred from the default when None
+
+    @property
+    def type(self) -> type:
+        return self.kind or type(self.default)
+
+    def expectation(self) -> str:
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                list: "a list of numbers (YAML list or comma-separated string)"}[self.type]
+        if self.choices:
+            kind = "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.minimum is not None:
+            kind += f" {'>' if self.above_minimum else '>='} {self.minimum:g}"
+        return kind + (" (or null)" if self.nullable else "")
+
+
+def _protocol_keys(name: str, omega: float, columnwise: bool, dac: int, adc: int,
+                   out_noise: float, doc: str) -> dict[str, Key]:
+    p = f"inference.protocols.{name}"
+    return {
+        f"{p}.weight_scaling_omega": Key(omega, f"{doc}: weights scaled so max|W| maps to this "
+                                         "conductance fraction (0 = no scaling)", minimum=0.0),
+        f"{p}.weight_scaling_columnwise": Key(columnwise, f"{doc}: scale each output column "
+                                              "separately"),
+        f"{p}.dac_bits": Key(dac, f"{doc}: input DAC resolution in bits (0 = ideal)", minimum=0),
+        f"{p}.adc_bits": Key(adc, f"{doc}: output ADC resolution in bits (0 = ideal)", minimum=0),
+        f"{p}.out_noise": Key(out_noise, f"{doc}: Gaussian output noise std (normalised)",
+                              minimum=0.0),
+        f"{p}.g_max": Key(25.0, f"{doc}: PCM max conductance in uS", minimum=0.0,
+                          above_minimum=True),
+        f"{p}.drift_compensation": Key(True, f"{doc}: global drift compensation (GDC)"),
+    }
+
+
+def _build_schema() -> dict[str, Key]:
+    s: dict[str, Key] = {
+        "seed": Key(2024, "random seed for data split, init, noise draws"),
+        "data.name": Key("digits", "data set", choices=("digits",)),
+        "data.val_fraction": Key(0.1, "share of all images held out for validation (model "
+                                 "selection)", minimum=0.0, above_minimum=True),
+        "data.test_fraction": Key(0.2, "share of all images held out for the test split",
+                                  minimum=0.0, above_minimum=True),
+        "data.image_size": Key(32, "digits' 8x8 images are upsampled to this size", minimum=8),
+        "model.name": Key("lenet", "network", choices=("lenet", "mlp")),
+        "training.client_num_in_total": Key(5, "K, the number of noise levels = simulated "
+                                            "clients (noise_0 .. noise_{K-1})", minimum=1),
+        "training.rounds": Key(15, "communication rounds", minimum=1),
+        "training.local_epochs": Key(1, "epochs each client trains per round", minimum=1),
+        "training.batch_size": Key(64, "training batch size", minimum=1),
+        "training.lr": Key(1e-3, "learning rate", minimum=0.0, above_minimum=True),
+        "training.optimizer": Key("adam", "local optimiser (fresh each round)",
+                                  choices=("adam", "sgd")),
+        "training.momentum": Key(0.9, "SGD momentum", minimum=0.0),
+        "training.weight_decay": Key(0.0, "L2 weight decay", minimum=0.0),
+        "training.noise_scale_c": Key(1.0, "c in s = c*sigma*max|W| (seed's 8-bit/2-bit-cell "
+                                      "value: 0.7776)", minimum=0.0),
+        "training.use_fl": Key(True, "fusion injection (FI): average the K client models each "
+                               "round; false = K independent models"),
+        "training.use_neg": Key(True, "feedback loops (FL): extra noisy passes subtracted from "
+                                "the logits, plus the proximal term"),
+        "training.proximal_mu": Key(0.01, "mu of mu/2*||w - w_global||^2 (with use_neg)",
+                                    minimum=0.0),
+        "training.feedback.offsets": Key([0.05, 0.10, 0.15], "sigma offsets of the feedback "
+                                         "passes"),
+        "training.feedback.weights": Key([1.0, 0.1, 0.01], "weight w_i of each feedback pass"),
+        "training.feedback.beta": Key(0.001, "gain beta in z = z0 - beta*sum_i w_i z_i",
+                                      minimum=0.0),
+        "training.feedback.temperature": Key(4.0, "loss = CE(z / temperature)", minimum=0.0,
+                                             above_minimum=True),
+        "strategy.name": Key("msnat", "aggregation strategy", choices=("msnat",)),
+        "strategy.weighting": Key("uniform", "client weights when fusing: uniform (1/K) or by "
+                                  "example count", choices=("uniform", "examples")),
+        "strategy.bn_buffers": Key("average", "BatchNorm running stats of the fused model: "
+                                   "weighted average, or those of the lowest-sigma client",
+                                   choices=("average", "lowest_sigma")),
+    }
+    seed_sigmas = [0.10, 0.15, 0.20, 0.25, 0.30]
+    for k in range(MAX_NOISE_LEVELS):
+        p = f"recovery.noise_{k}.act_inject"
+        s[f"{p}.sigma"] = Key(seed_sigmas[k] if k < len(seed_sigmas) else None,
+                              f"weight-noise sigma of client {k}", minimum=0.0, nullable=True,
+                              kind=float)
+        s[f"{p}.use"] = Key(False, f"activation noise for client {k} (not available yet)")
+    s |= {
+        "recovery.optimizer.sam": Key(False, "sharpness-aware minimisation (not available yet)"),
+        "recovery.optimizer.adaptive": Key(False, "adaptive SAM (not available yet)"),
+        "recovery.adversarial.FGSM.use": Key(False, "FGSM training (not available yet)"),
+        "recovery.adversarial.PGD.use": Key(False, "PGD training (not available yet)"),
+        "recovery.qat": Key(False, "quantisation-aware training (not available yet)"),
+        "inference.platform.aihwkit.use": Key(True, "evaluate the global model on simulated "
+                                              "analog hardware each round (alias: "
+                                              "inference.platform.aihwkit)"),
+        "inference.platform.aihwkit.device": Key("PCM", "device noise model", choices=DEVICES),
+        "inference.platform.aihwkit.n_w": Key(0.0, "additive weight noise at every MVM "
+                                              "(forward.w_noise, normalised units)", minimum=0.0),
+        "inference.protocol": Key("realistic", "evaluation protocol (settings below)",
+                                  choices=PROTOCOLS),
+        **_protocol_keys("realistic", 1.0, False, 8, 8, 0.04,
+                         "realistic (aihwkit HWA setting)"),
+        **_protocol_keys("seed", 0.0, False, 7, 0, 0.06, "seed (earlier figure's harsh setting)"),
+        "inference.repeats": Key(3, "Monte-Carlo repeats, fresh programming noise each",
+                                 minimum=1),
+        "inference.drift_times": Key([1.0, 3600.0, 86400.0, 31536000.0],
+                                     "drift times in seconds after programming"),
+        "inference.every": Key(1, "evaluate every N rounds (the last round always)", minimum=1),
+        "inference.batch_size": Key(512, "evaluation batch size", minimum=1),
+        "output.dir": Key("runs", "parent folder of run folders (relative paths: to the "
+                          "directory the local SuperLink was started in)"),
+        "output.name": Key("", "run folder name prefix (default: the conf file's name)"),
+        "output.resume": Key("", "path of a run folder to continue from its last round"),
+        "output.keep_checkpoints": Key(0, "keep only the newest N rounds' checkpoints (0 = all)",
+                                       minimum=0),
+    }
+    return s
+
+
+SCHEMA: dict[str, Key] = _build_schema()
+ALIASES = {"inference.platform.aihwkit": "inference.platform.aihwkit.use"}
+NOT_AVAILABLE_YET = [k for k, v in SCHEMA.items() if "(not available yet)" in v.doc]
+
+
+def defaults() -> dict[str, Any]:
+    return {k: (list(v.default) if isinstance(v.default, list) else v.default)
+            for k, v in SCHEMA.items()}
+
+
+def declared_run_config_keys() -> set[str]:
+    """The keys pyproject must declare so that `--run-config` accepts them."""
+    return set(SCHEMA) | set(ALIASES) | {CONF_KEY}
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, name + ".")
+        else:
+            flat[name] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _canonical(name: str, source: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in SCHEMA:
+        close = difflib.get_close_matches(name, list(SCHEMA) + list(ALIASES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{source}: unknown key '{name}'{hint}. The README lists every key.")
+    return name
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    key = SCHEMA[name]
+    bad = ConfigError(f"{source}: key '{name}' expects {key.expectation()}, got {value!r}")
+    if value is None:
+        if key.nullable:
+            return None
+        raise bad
+    kind = key.type
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            raise bad
+    elif kind is list:
+        items = value.split(",") if isinstance(value, str) else value
+        try:
+            value = [float(x) for x in items]
+        except (TypeError, ValueError):
+            raise bad from None
+        if not value:
+            raise bad
+    if key.choices and value not in key.choices:
+        raise bad
+    numbers = value if kind is list else [value]
+    if key.minimum is not None and kind in (int, float, list):
+        for x in numbers:
+            if not math.isfinite(x) or x < key.minimum or (key.above_minimum and x == key.minimum):
+                raise bad
+    return value
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Flat, type-checked settings of one conf file."""
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(f"conf file '{path}' does not exist (expected a YAML file, e.g. "
+                          f"{DEFAULT_CONF})")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"conf file '{path}' is not valid YAML: {err}") from None
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"conf file '{path}' must hold a mapping of keys, got "
+                          f"{type(tree).__name__}")
+    return {(c := _canonical(k, source)): _coerce(c, v, source) for k, v in flatten(tree).items()}
+
+
+def _find_conf(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path
+    for base in (PROJECT_DIR, Path.cwd()):
+        if (base / path).is_file():
+            return base / path
+    raise ConfigError(f"conf file '{name}' not found (looked in {PROJECT_DIR} and "
+                      f"{Path.cwd()}); pass a path relative to the project or an absolute one")
+
+
+def resolve(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Effective config of a run.
+
+    `run_config` is Flower's fused run config (pyproject values, `""` = not overridden).
+    With `output.resume` set, the resumed run's saved config replaces the conf file.
+    """
+    overrides = {_canonical(k, "--run-config"): v for k, v in run_config.items()
+                 if k != CONF_KEY and v != UNSET}
+    overrides = {k: _coerce(k, v, "--run-config") for k, v in overrides.items()}
+    if overrides.get("output.resume"):
+        conf_path = Path(overrides["output.resume"]).expanduser() / "config.yaml"
+    else:
+        conf_path = _find_conf(str(run_config.get(CONF_KEY) or DEFAULT_CONF))
+    from_file = load_yaml(conf_path)
+    cfg = defaults() | from_file | overrides
+    if not cfg["output.name"]:
+        cfg["output.name"] = conf_path.stem if not overrides.get("output.resume") else "resumed"
+    cfg[CONF_KEY] = str(conf_path)
+    validate(cfg, set(overrides))
+    return cfg
+
+
+def validate(cfg: Mapping[str, Any], typed_keys: set[str] = frozenset()) -> None:
+    """Checks that span several keys; single keys were checked while loading.
+
+    `typed_keys` are those given on the command line: a sigma typed there for a level
+    beyond client_num_in_total is a mistake, while conf files may list spare levels.
+    """
+    for name in NOT_AVAILABLE_YET:
+        if cfg[name]:
+            raise ConfigError(f"key '{name}' is not available yet (the recovery toolbox comes "
+                              "in a later release); set it to false")
+    k_total = cfg["training.client_num_in_total"]
+    if k_total > MAX_NOISE_LEVELS:
+        raise ConfigError(f"key 'training.client_num_in_total' expects at most "
+                          f"{MAX_NOISE_LEVELS} noise levels, got {k_total}")
+    for k in range(MAX_NOISE_LEVELS):
+        name = f"recovery.noise_{k}.act_inject.sigma"
+        if k < k_total and cfg[name] is None:
+            raise ConfigError(f"key '{name}' is not set but training.client_num_in_total is "
+                              f"{k_total}: set a sigma for each of noise_0 .. noise_{k_total - 1}")
+        if k >= k_total and name in typed_keys and cfg[name] is not None:
+            raise ConfigError(f"key '{name}' is set but training.client_num_in_total is "
+                              f"{k_total}, so only noise_0 .. noise_{k_total - 1} are used; "
+                              "raise client_num_in_total or remove the key")
+    if len(cfg["training.feedback.offsets"]) != len(cfg["training.feedback.weights"]):
+        raise ConfigError("keys 'training.feedback.offsets' and 'training.feedback.weights' "
+                          "expect lists of the same length")
+    if cfg["data.val_fraction"] + cfg["data.test_fraction"] >= 1.0:
+        raise ConfigError("keys 'data.val_fraction' + 'data.test_fraction' expect a sum "
+                          "below 1 (the rest is training data)")
+
+
+def noise_levels(cfg: Mapping[str, Any]) -> list[float]:
+    """sigma_k of each client, k = 0 .. K-1."""
+    return [cfg[f"recovery.noise_{k}.act_inject.sigma"]
+            for k in range(cfg["training.client_num_in_total"])]
+
+
+def protocol(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The named evaluation protocol with all its settings (recorded with every result)."""
+    name = cfg["inference.protocol"]
+    prefix = f"inference.protocols.{name}."
+    settings = {k[len(prefix):]: v for k, v in cfg.items() if k.startswith(prefix)}
+    return {"name": name, "device": cfg["inference.platform.aihwkit.device"],
+            "n_w": cfg["inference.platform.aihwkit.n_w"], **settings}
+
+
+def dump_yaml(cfg: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(unflatten({k: v for k, v in cfg.items() if k != CONF_KEY}),
+                          sort_keys=False)
+
+
+def markdown_table() -> str:
+    """README's key reference, generated from SCHEMA so it cannot drift."""
+    rows = ["| key | default | expects | meaning |", "|---|---|---|---|"]
+    for name, key in SCHEMA.items():
+        default = "null" if key.default is None else yaml.safe_dump(
+            key.default, default_flow_style=True).strip().removesuffix("...").strip()
+        rows.append(f"| `{name}` | `{default}` | {key.expectation()} | {key.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,112 @@
+"""A run's folder: resolved config, metrics, per-client metrics, checkpoints.
+
+Layout of `<output.dir>/<name>-<timestamp>/`:
+    config.yaml          the fully resolved config (reusable as a conf file)
+    metrics.jsonl        one JSON object per evaluated round (clean, validation, PCM accuracy)
+    clients.jsonl        one JSON object per round and client (sigma, loss, accuracy)
+    checkpoints/         round_NNNN.pt (global model) or round_NNNN_noise_K.pt (FI off):
+                         plain state_dicts, readable with torch.load(..., weights_only=True)
+    summary.json         best round by validation accuracy, final accuracies, wall time
+Every write appends or replaces atomically, so a crash never loses earlier results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, dump_yaml
+
+CHECKPOINT = re.compile(r"round_(\d+)(?:_noise_(\d+))?\.pt")
+
+
+def checkpoint_names(server_round: int, count: int, fused: bool) -> list[str]:
+    if fused:
+        return [f"round_{server_round:04d}.pt"]
+    return [f"round_{server_round:04d}_noise_{k}.pt" for k in range(count)]
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.checkpoints = path / "checkpoints"
+
+    @classmethod
+    def create(cls, cfg: Mapping[str, Any]) -> RunFolder:
+        parent = Path(cfg["output.dir"]).expanduser().resolve()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for attempt in range(100):
+            path = parent / f"{cfg['output.name']}-{stamp}{f'-{attempt}' if attempt else ''}"
+            try:
+                path.mkdir(parents=True)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise RuntimeError(f"could not create a run folder under {parent}")
+        run = cls(path)
+        run.checkpoints.mkdir()
+        run.write_text("config.yaml", dump_yaml(cfg))
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        run = cls(Path(path).expanduser().resolve())
+        if not (run.path / "config.yaml").is_file():
+            raise ConfigError(f"key 'output.resume': '{run.path}' is not a run folder (it has "
+                              "no config.yaml)")
+        return run
+
+    def write_text(self, name: str, text: str) -> None:
+        _atomic_write(self.path / name, lambda tmp: tmp.write_text(text))
+
+    def append_jsonl(self, name: str, record: Mapping[str, Any]) -> None:
+        with open(self.path / name, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_jsonl(self, name: str) -> list[dict[str, Any]]:
+        path = self.path / name
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def save_checkpoint(self, server_round: int, states: list[dict[str, torch.Tensor]],
+                        fused: bool, keep: int = 0) -> None:
+        """One state_dict per model; `keep` > 0 deletes all but the newest `keep` rounds."""
+        names = checkpoint_names(server_round, len(states), fused)
+        for name, state in zip(names, states, strict=True):
+            _atomic_write(self.checkpoints / name, lambda tmp, s=state: torch.save(s, tmp))
+        if keep > 0:
+            rounds = sorted({r for r, _ in self._checkpoint_files()})
+            for path in [p for r, p in self._checkpoint_files() if r in rounds[:-keep]]:
+                path.unlink()
+
+    def _checkpoint_files(self) -> list[tuple[int, Path]]:
+        found = [(CHECKPOINT.fullmatch(p.name), p) for p in self.checkpoints.glob("round_*.pt")]
+        return [(int(m.group(1)), p) for m, p in found if m]
+
+    def last_checkpoint(self, count: int, fused: bool) -> tuple[int, list[dict]] | None:
+        """(round, state_dicts) of the newest complete checkpoint, or None."""
+        by_round: dict[int, list[Path]] = {}
+        for r, p in self._checkpoint_files():
+            by_round.setdefault(r, []).append(p)
+        for r in sorted(by_round, reverse=True):
+            names = checkpoint_names(r, count, fused)
+            if sorted(p.name for p in by_round[r]) == sorted(names):
+                return r, [torch.load(self.checkpoints / n, weights_only=True) for n in names]
+        return None

@@ -1,0 +1,170 @@
+"""ServerApp: resolve the config, run MSNAT rounds, evaluate the global model on PCM each round."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from rich.console import Console
+from rich.table import Table
+
+from clients.msnat_client import CONFIG_KEY
+from strategies.msnat import MSNATStrategy, pack_models, unpack_models
+
+from .analog import pcm_accuracy
+from .config import ConfigError, dump_yaml, noise_levels, protocol, resolve
+from .data import Splits, load_data
+from .models import build_model
+from .outputs import RunFolder
+from .training import accuracy
+
+app = ServerApp()
+console = Console(width=140, markup=False, highlight=False)
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+class Evaluator:
+    """Server-side evaluate_fn: saves each round's checkpoint, then measures clean, validation
+    and PCM accuracy of the global model (of each of the K models with FI off)."""
+
+    def __init__(self, cfg: Mapping[str, Any], run: RunFolder, data: Splits, first_round: int):
+        self.cfg, self.run, self.data, self.offset = cfg, run, data, first_round
+        self.fused = cfg["training.use_fl"]
+        self.sigmas = noise_levels(cfg)
+        self.protocol = protocol(cfg)
+        self.records = [r for r in run.read_jsonl("metrics.jsonl") if r["round"] <= first_round]
+
+    def states(self, arrays: ArrayRecord) -> list[dict[str, torch.Tensor]]:
+        records = [arrays] if self.fused else unpack_models(arrays, len(self.sigmas))
+        return [r.to_torch_state_dict() for r in records]
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        r = server_round + self.offset
+        if server_round == 0 and self.offset > 0:
+            return None  # round `offset` was evaluated before the run was resumed
+        states = self.states(arrays)
+        if r > 0:
+            self.run.save_checkpoint(r, states, self.fused, self.cfg["output.keep_checkpoints"])
+        if r % self.cfg["inference.every"] and r != self.cfg["training.rounds"]:
+            return None
+        started = time.time()
+        models = [self.evaluate_model(state, r) for state in states]
+        if self.fused:
+            record = {"round": r, **models[0]}
+        else:
+            best = max(range(len(models)), key=lambda k: models[k]["val_acc"])
+            record = {"round": r, **models[best], "selected_noise_index": best,
+                      "models": [{"noise_index": k, "sigma": s, **m}
+                                 for k, (s, m) in enumerate(zip(self.sigmas, models))]}
+        record |= {"eval_seconds": round(time.time() - started, 3), "protocol": self.protocol}
+        self.run.append_jsonl("metrics.jsonl", record)
+        self.records.append(record)
+        pcm = "  ".join(f"{label} {_percent(v['mean'])}±{_percent(v['std'])}"
+                        for label, v in record.get("pcm", {}).items())
+        console.print(f"[round {r}/{self.cfg['training.rounds']}] clean "
+                      f"{_percent(record['clean_acc'])}%  val {_percent(record['val_acc'])}%  "
+                      f"PCM {pcm or 'off'}  ({record['eval_seconds']:.1f}s eval)")
+        return MetricRecord({"clean_acc": record["clean_acc"], "val_acc": record["val_acc"],
+                             **{f"pcm_{k}": v["mean"] for k, v in record.get("pcm", {}).items()}})
+
+    def evaluate_model(self, state: Mapping[str, torch.Tensor], r: int) -> dict[str, Any]:
+        cfg, data = self.cfg, self.data
+        model = build_model(cfg["model.name"], data.in_channels, data.num_classes,
+                            data.image_size)
+        model.load_state_dict(state)
+        batch = cfg["inference.batch_size"]
+        result: dict[str, Any] = {"clean_acc": accuracy(model, data.test, batch),
+                                  "val_acc": accuracy(model, data.val, batch)}
+        if cfg["inference.platform.aihwkit.use"]:
+            result["pcm"] = pcm_accuracy(model, data.test, self.protocol,
+                                         cfg["inference.drift_times"], cfg["inference.repeats"],
+                                         seed=cfg["seed"] + r, batch_size=batch)
+        return result
+
+
+def final_table(records: Sequence[Mapping[str, Any]], fused: bool) -> tuple[Table, dict]:
+    """Clean vs PCM accuracy per drift time: final round and best round by validation."""
+    final = records[-1]
+    best = max(records, key=lambda rec: rec["val_acc"])
+    labels = list(final.get("pcm", {}))
+    table = Table(title="Test accuracy (%): clean digital vs PCM (mean ± std over repeats)")
+    for column in ["model", "round", "sigma", "val", "clean", *[f"PCM {x}" for x in labels]]:
+        table.add_column(column, justify="left" if column == "model" else "right")
+
+    def add(name: str, rec: Mapping[str, Any], sigma: str) -> None:
+        pcm = [f"{_percent(rec['pcm'][x]['mean'])} ± {_percent(rec['pcm'][x]['std'])}"
+               for x in labels]
+        table.add_row(name, str(rec["round"]), sigma, _percent(rec["val_acc"]),
+                      _percent(rec["clean_acc"]), *pcm)
+
+    if fused:
+        add("global (final)", final, "all")
+        add("global (best val)", best, "all")
+    else:
+        for m in final["models"]:
+            add(f"noise_{m['noise_index']} (final)", {**m, "round": final["round"]},
+                f"{m['sigma']:g}")
+    summary = {"final": final, "best_round_by_val": best["round"], "best": best}
+    return table, summary
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    started = time.time()
+    cfg = resolve(context.run_config)
+    sigmas, fused = noise_levels(cfg), cfg["training.use_fl"]
+    data = load_data(cfg)
+    if cfg["output.resume"]:
+        run = RunFolder.open(cfg["output.resume"])
+        found = run.last_checkpoint(len(sigmas), fused)
+        if found is None:
+            raise ConfigError(f"key 'output.resume': {run.path} has no complete checkpoint "
+                              "to resume from")
+        first_round, states = found
+        run.write_text(f"config-resume-{first_round:04d}.yaml", dump_yaml(cfg))
+        for name in ("metrics.jsonl", "clients.jsonl"):  # drop the unfinished round, if any
+            kept = [r for r in run.read_jsonl(name) if r["round"] <= first_round]
+            run.write_text(name, "".join(json.dumps(r) + "\n" for r in kept))
+    else:
+        run = RunFolder.create(cfg)
+        torch.manual_seed(cfg["seed"])
+        model = build_model(cfg["model.name"], data.in_channels, data.num_classes,
+                            data.image_size)
+        first_round, states = 0, [model.state_dict()] * (1 if fused else len(sigmas))
+    console.print(f"AnalogAI-FL run folder: {run.path} (rounds {first_round + 1}.."
+                  f"{cfg['training.rounds']}, sigma {sigmas}, FI {fused}, "
+                  f"FL {cfg['training.use_neg']})")
+
+    def log_clients(server_round: int, metrics: list[dict]) -> None:
+        for m in metrics:
+            run.append_jsonl("clients.jsonl", {"round": server_round, **m})
+        console.print(f"[round {server_round}] clients " + "  ".join(
+            f"sigma {m['sigma']:g}: loss {m['train_loss']:.3f} acc {_percent(m['train_acc'])}%"
+            for m in metrics))
+
+    records = [ArrayRecord(s) for s in states]
+    strategy = MSNATStrategy(
+        sigmas, fusion=fused, weighting=cfg["strategy.weighting"],
+        bn_buffers=cfg["strategy.bn_buffers"],
+        proximal_mu=cfg["training.proximal_mu"] if cfg["training.use_neg"] else 0.0,
+        round_offset=first_round, on_client_metrics=log_clients)
+    evaluator = Evaluator(cfg, run, data, first_round)
+    remaining = cfg["training.rounds"] - first_round
+    if remaining > 0:
+        strategy.start(grid=grid, initial_arrays=records[0] if fused else pack_models(records),
+                       num_rounds=remaining,
+                       train_config=ConfigRecord({CONFIG_KEY: json.dumps(cfg).encode()}),
+                       evaluate_fn=evaluator)
+    table, summary = final_table(evaluator.records, fused)
+    summary |= {"run": str(run.path), "wall_seconds_this_invocation": time.time() - started}
+    run.write_text("summary.json", json.dumps(summary, indent=2))
+    console.print(table)
+    console.print(f"Results in {run.path}")

@@ -1,0 +1,49 @@
+"""ClientApp: one noise level sigma_k trains the received model for the local epochs.
+
+Everything the client needs (model, data split, training settings, its sigma, mu) arrives in
+the train message's config: the client reads no file of its own.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from analogai_fl.data import load_data
+from analogai_fl.models import build_model
+from analogai_fl.training import LocalTraining, accuracy, train_local
+
+CONFIG_KEY = "analogai-config"
+
+app = ClientApp()
+
+
+def client_seed(seed: int, server_round: int, noise_index: int) -> int:
+    """Distinct, reproducible noise/shuffle seed per (run seed, round, client)."""
+    return int(np.random.SeedSequence([seed, server_round, noise_index]).generate_state(1)[0])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    sent = msg.content["config"]
+    cfg = json.loads(sent[CONFIG_KEY])  # JSON bytes: Flower logs them as <bytes>
+    sigma, index, server_round = float(sent["sigma"]), int(sent["noise-index"]), int(
+        sent["server-round"])
+    data = load_data(cfg)
+    model = build_model(cfg["model.name"], data.in_channels, data.num_classes, data.image_size)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    setting = LocalTraining.from_config(cfg, sigma, float(sent["proximal-mu"]))
+    seed = client_seed(cfg["seed"], server_round, index)
+    metrics = train_local(model, data.train, setting, seed, device)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    metrics["val_acc_noisy"] = accuracy(model, data.val, cfg["inference.batch_size"], device,
+                                        sigma, setting.noise_c, noise_gen)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    reply = RecordDict({"arrays": ArrayRecord(state),
+                        "metrics": MetricRecord(metrics | {"sigma": sigma, "noise-index": index})})
+    return Message(content=reply, reply_to=msg)

@@ -1,0 +1,5 @@
+"""Flower strategies selectable with `strategy.name`."""
+
+from .msnat import MSNATStrategy
+
+__all__ = ["MSNATStrategy"]
