@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from clients.msnat_client import CONFIG_KEY
-from strategies.msnat import MSNATStrategy, pack_models, unpack_models
+from strategies import build_strategy
+from strategies.msnat import pack_models, unpack_models
 
 from .analog import pcm_accuracy
 from .config import ConfigError, dump_yaml, noise_levels, protocol, resolve
@@ -151,11 +152,7 @@ def main(grid: Grid, context: Context) -> None:
             for m in metrics))
 
     records = [ArrayRecord(s) for s in states]
-    strategy = MSNATStrategy(
-        sigmas, fusion=fused, weighting=cfg["strategy.weighting"],
-        bn_buffers=cfg["strategy.bn_buffers"],
-        proximal_mu=cfg["training.proximal_mu"] if cfg["training.use_neg"] else 0.0,
-        round_offset=first_round, on_client_metrics=log_clients)
+    strategy = build_strategy(cfg, first_round, log_clients)
     evaluator = Evaluator(cfg, run, data, first_round)
     remaining = cfg["training.rounds"] - first_round
     if remaining > 0:

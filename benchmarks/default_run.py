@@ -1,0 +1,67 @@
+"""Wall time and peak memory of `flwr run .` (the default experiment, or with overrides).
+
+Memory is the peak over time of the summed proportional set size (PSS, shared libraries
+split fairly) of every process that belongs to the run: the local SuperLink, Ray and its
+workers, the ServerApp and the ClientApps. Usage:
+    python benchmarks/default_run.py ["training.rounds=2 ..."]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKERS = ("flwr", "flower", "ray", "raylet", "gcs_server")
+
+
+def pss_of_run_kib() -> int:
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if not any(m in cmdline for m in MARKERS) or int(pid) == os.getpid():
+                continue
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def main() -> None:
+    bin_dir = Path(sys.executable).parent
+    env = os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    command = [str(bin_dir / "flwr"), "run", ".", "--stream"]
+    if len(sys.argv) > 1:
+        command += ["--run-config", sys.argv[1]]
+    peak, done = 0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, pss_of_run_kib())
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    started = time.time()
+    sampler.start()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done.set()
+    sampler.join()
+    wall = time.time() - started
+    tail = [line for line in result.stdout.splitlines() if "Results in" in line
+            or line.startswith(("│", "┃"))]
+    print("\n".join(tail))
+    print(f"wall time: {wall:.1f} s   peak memory (PSS, all run processes): "
+          f"{peak / 1024 ** 2:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

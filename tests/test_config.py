@@ -1,0 +1,131 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from analogai_fl import config
+from analogai_fl.analog import rpu_config
+from analogai_fl.config import ConfigError, resolve
+from analogai_fl.models import MODELS
+from analogai_fl.training import LocalTraining
+from strategies import build_strategy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_declares_exactly_the_schema_keys():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == config.declared_run_config_keys()
+    assert declared.pop(config.CONF_KEY) == config.DEFAULT_CONF
+    assert set(declared.values()) == {config.UNSET}  # anything else would shadow the conf file
+
+
+def test_default_conf_file_lists_every_key_with_its_default():
+    assert config.load_yaml(ROOT / config.DEFAULT_CONF) == config.defaults()
+
+
+def test_readme_key_table_matches_the_schema():
+    assert config.markdown_table() in (ROOT / "README.md").read_text(), (
+        "README's key table is stale: paste the output of `python -m analogai_fl.config`")
+
+
+def test_model_choices_match_the_model_registry():
+    assert set(config.SCHEMA["model.name"].choices) == set(MODELS)
+
+
+def test_precedence_defaults_then_conf_file_then_command_line(tmp_path):
+    conf = tmp_path / "exp.yaml"
+    conf.write_text("training:\n  rounds: 7\n  lr: 0.01\n")
+    cfg = resolve({"conf": str(conf), "training.rounds": 3, "training.batch_size": ""})
+    assert cfg["training.rounds"] == 3          # command line beats the file
+    assert cfg["training.lr"] == 0.01           # file beats the default
+    assert cfg["training.batch_size"] == 64     # "" = not given: default
+    assert cfg["output.name"] == "exp"
+
+
+def test_default_conf_is_used_when_none_is_named():
+    assert resolve({"conf": ""})["conf"].endswith("conf/default.yaml")
+
+
+def sigma(k):
+    return f"recovery.noise_{k}.act_inject.sigma"
+
+
+# Each seed key, set away from its default, must change what the code that uses it sees.
+SEED_KEYS = {
+    "training.batch_size": (16, lambda c: LocalTraining.from_config(c, 0.1, 0).batch_size == 16),
+    "training.use_fl": (False, lambda c: build_strategy(c).fusion is False),
+    "training.use_neg": (False, lambda c: LocalTraining.from_config(c, 0.1, 0).feedback is None
+                         and build_strategy(c).proximal_mu == 0.0),
+    sigma(0): (0.05, lambda c: build_strategy(c).noise_levels[0] == 0.05),
+    sigma(4): (0.5, lambda c: build_strategy(c).noise_levels[4] == 0.5),
+    "inference.platform.aihwkit": (False, lambda c: c["inference.platform.aihwkit.use"] is False),
+    "inference.platform.aihwkit.device": ("PCM", lambda c: config.protocol(c)["device"] == "PCM"),
+    "inference.platform.aihwkit.n_w": (
+        0.2, lambda c: rpu_config(config.protocol(c)).forward.w_noise == 0.2),
+}
+
+
+@pytest.mark.parametrize("key", sorted(SEED_KEYS))
+def test_seed_key_reaches_its_target(key):
+    value, reached = SEED_KEYS[key]
+    assert reached(resolve({key: value}))
+
+
+@pytest.mark.parametrize("key", ["recovery.optimizer.sam", "recovery.optimizer.adaptive",
+                                 "recovery.adversarial.FGSM.use", "recovery.adversarial.PGD.use",
+                                 "recovery.qat", "recovery.noise_2.act_inject.use"])
+def test_later_features_refuse_to_be_switched_on(key):
+    assert resolve({key: False})[key] is False
+    with pytest.raises(ConfigError, match=f"'{key}' is not available yet"):
+        resolve({key: True})
+
+
+def test_feedback_and_proximal_settings_are_keys():
+    cfg = resolve({"training.feedback.offsets": "0.1,0.2", "training.feedback.weights": "1,0.5",
+                   "training.feedback.beta": 0.01, "training.feedback.temperature": 2.0,
+                   "training.proximal_mu": 0.3})
+    fb = LocalTraining.from_config(cfg, 0.1, 0).feedback
+    assert (list(fb.offsets), list(fb.weights), fb.beta, fb.temperature) == (
+        [0.1, 0.2], [1.0, 0.5], 0.01, 2.0)
+    assert build_strategy(cfg).proximal_mu == 0.3
+
+
+def test_fewer_noise_levels():
+    cfg = resolve({"training.client_num_in_total": 3})
+    assert config.noise_levels(cfg) == [0.10, 0.15, 0.20]
+
+
+@pytest.mark.parametrize("run_config,key,expected", [
+    ({"training.roundz": 3}, "training.roundz", "did you mean 'training.rounds'"),
+    ({"training.rounds": "ten"}, "training.rounds", "an integer"),
+    ({"training.rounds": 0}, "training.rounds", ">= 1"),
+    ({"training.rounds": True}, "training.rounds", "an integer"),
+    ({"training.use_fl": 1}, "training.use_fl", "true or false"),
+    ({sigma(1): -0.1}, sigma(1), ">= 0"),
+    ({"training.lr": 0.0}, "training.lr", "> 0"),
+    ({"training.optimizer": "rmsprop"}, "training.optimizer", "'adam', 'sgd'"),
+    ({"inference.platform.aihwkit.device": "FeFET"}, "inference.platform.aihwkit.device",
+     "one of 'PCM'"),
+    ({"inference.drift_times": "1,soon"}, "inference.drift_times", "a list of numbers"),
+    ({"training.client_num_in_total": 3, sigma(4): 0.3}, sigma(4), "client_num_in_total is 3"),
+    ({"training.client_num_in_total": 6}, sigma(5), "is not set"),
+    ({"training.client_num_in_total": 11}, "training.client_num_in_total", "at most 10"),
+    ({"training.feedback.offsets": "0.1"}, "training.feedback.weights", "same length"),
+])
+def test_bad_values_name_the_key_and_the_expectation(run_config, key, expected):
+    with pytest.raises(ConfigError) as err:
+        resolve(run_config)
+    assert key in str(err.value) and expected in str(err.value)
+
+
+def test_bad_conf_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml' not found"):
+        resolve({"conf": "missing.yaml"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'training.epochs'"):
+        resolve({"conf": str(bad)})
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        resolve({"conf": str(bad)})
