@@ -85,6 +85,12 @@ class RunFolder:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def rewind(self, last_round: int) -> None:
+        """Drop records of rounds after `last_round` (an unfinished round being redone)."""
+        for name in ("metrics.jsonl", "clients.jsonl"):
+            kept = [r for r in self.read_jsonl(name) if r["round"] <= last_round]
+            self.write_text(name, "".join(json.dumps(r) + "\n" for r in kept))
+
     def save_checkpoint(self, server_round: int, states: list[dict[str, torch.Tensor]],
                         fused: bool, keep: int = 0) -> None:
         """One state_dict per model; `keep` > 0 deletes all but the newest `keep` rounds."""

@@ -41,7 +41,7 @@ class Evaluator:
         self.fused = cfg["training.use_fl"]
         self.sigmas = noise_levels(cfg)
         self.protocol = protocol(cfg)
-        self.records = [r for r in run.read_jsonl("metrics.jsonl") if r["round"] <= first_round]
+        self.records = run.read_jsonl("metrics.jsonl")  # earlier rounds of a resumed run
 
     def states(self, arrays: ArrayRecord) -> list[dict[str, torch.Tensor]]:
         records = [arrays] if self.fused else unpack_models(arrays, len(self.sigmas))
@@ -131,9 +131,7 @@ def main(grid: Grid, context: Context) -> None:
                               "to resume from")
         first_round, states = found
         run.write_text(f"config-resume-{first_round:04d}.yaml", dump_yaml(cfg))
-        for name in ("metrics.jsonl", "clients.jsonl"):  # drop the unfinished round, if any
-            kept = [r for r in run.read_jsonl(name) if r["round"] <= first_round]
-            run.write_text(name, "".join(json.dumps(r) + "\n" for r in kept))
+        run.rewind(first_round)
     else:
         run = RunFolder.create(cfg)
         torch.manual_seed(cfg["seed"])
@@ -151,12 +149,12 @@ def main(grid: Grid, context: Context) -> None:
             f"sigma {m['sigma']:g}: loss {m['train_loss']:.3f} acc {_percent(m['train_acc'])}%"
             for m in metrics))
 
-    records = [ArrayRecord(s) for s in states]
+    initial = [ArrayRecord(s) for s in states]
     strategy = build_strategy(cfg, first_round, log_clients)
     evaluator = Evaluator(cfg, run, data, first_round)
     remaining = cfg["training.rounds"] - first_round
     if remaining > 0:
-        strategy.start(grid=grid, initial_arrays=records[0] if fused else pack_models(records),
+        strategy.start(grid=grid, initial_arrays=initial[0] if fused else pack_models(initial),
                        num_rounds=remaining,
                        train_config=ConfigRecord({CONFIG_KEY: json.dumps(cfg).encode()}),
                        evaluate_fn=evaluator)

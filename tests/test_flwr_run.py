@@ -112,13 +112,14 @@ def test_a_run_resumes_from_its_last_round(default_run):
 
 def test_fusion_off_from_a_conf_file_keeps_k_models(tmp_path):
     conf = tmp_path / "no_fi.yaml"
-    conf.write_text("training:\n  use_fl: false\n  client_num_in_total: 2\n"
-                    "inference:\n  platform:\n    aihwkit:\n      use: false\n")
-    completed(f"conf='{conf}' training.rounds=1 output.dir='{tmp_path / 'runs'}'")
+    conf.write_text("training:\n  use_fl: false\n  client_num_in_total: 2\n")
+    completed(f"conf='{conf}' training.rounds=1 inference.platform.aihwkit=false "
+              f"output.dir='{tmp_path / 'runs'}'")
     (folder,) = run_folders(tmp_path / "runs")
     assert folder.name.startswith("no_fi-")
     record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
     assert [m["sigma"] for m in record["models"]] == [0.10, 0.15]
+    assert "pcm" not in record  # the seed's alias switched the analog evaluation off
     assert {p.name for p in (folder / "checkpoints").iterdir()} == {
         "round_0001_noise_0.pt", "round_0001_noise_1.pt"}
 

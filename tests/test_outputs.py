@@ -73,9 +73,17 @@ def test_evaluator_with_fusion_off_reports_each_model(run, cfg, digits, lenet):
     assert (run.checkpoints / "round_0001_noise_1.pt").exists()
 
 
+def test_rewind_drops_the_unfinished_round(run):
+    for r in (1, 2, 3):
+        run.append_jsonl("metrics.jsonl", {"round": r})
+        run.append_jsonl("clients.jsonl", {"round": r, "sigma": 0.1})
+    run.rewind(2)
+    assert [r["round"] for r in run.read_jsonl("metrics.jsonl")] == [1, 2]
+    assert [r["round"] for r in run.read_jsonl("clients.jsonl")] == [1, 2]
+
+
 def test_resumed_evaluator_skips_the_round_it_resumed_from(run, cfg, digits, lenet):
     run.append_jsonl("metrics.jsonl", {"round": 2, "val_acc": 0.5, "clean_acc": 0.5})
-    run.append_jsonl("metrics.jsonl", {"round": 3, "val_acc": 0.5, "clean_acc": 0.5})
     evaluator = Evaluator(cfg | {"inference.platform.aihwkit.use": False}, run, digits,
                           first_round=2)
     assert evaluator(0, ArrayRecord(lenet.state_dict())) is None
