@@ -80,14 +80,15 @@ def pcm_accuracy(model: nn.Module, data: Dataset, protocol: Mapping[str, Any],
     Each repeat draws fresh programming noise (`drift_analog_weights` alone would reuse the
     first programming), then drifts to every time from that same programmed state.
     """
-    torch.manual_seed(seed)
     analog = to_analog(model, protocol)
     runs: dict[float, list[float]] = {t: [] for t in drift_times}
-    for _ in range(repeats):
-        analog.program_analog_weights()
-        for t in drift_times:
-            analog.drift_analog_weights(t)
-            runs[t].append(accuracy(analog, data, batch_size))
+    with torch.random.fork_rng():  # seeded noise draws without touching the caller's RNG
+        torch.manual_seed(seed)
+        for _ in range(repeats):
+            analog.program_analog_weights()
+            for t in drift_times:
+                analog.drift_analog_weights(t)
+                runs[t].append(accuracy(analog, data, batch_size))
     return {drift_label(t): {"mean": statistics.fmean(v),
                              "std": statistics.stdev(v) if len(v) > 1 else 0.0,
                              "seconds": t}
