@@ -287,8 +287,7 @@ def resolve(run_config: Mapping[str, Any]) -> dict[str, Any]:
         conf_path = _find_conf(str(run_config.get(CONF_KEY) or DEFAULT_CONF))
     from_file = load_yaml(conf_path)
     cfg = defaults() | from_file | overrides
-    if not cfg["output.name"]:
-        cfg["output.name"] = conf_path.stem if not overrides.get("output.resume") else "resumed"
+    cfg["output.name"] = cfg["output.name"] or conf_path.stem
     cfg[CONF_KEY] = str(conf_path)
     validate(cfg, set(overrides))
     return cfg

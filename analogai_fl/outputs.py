@@ -98,9 +98,11 @@ class RunFolder:
         for name, state in zip(names, states, strict=True):
             _atomic_write(self.checkpoints / name, lambda tmp, s=state: torch.save(s, tmp))
         if keep > 0:
-            rounds = sorted({r for r, _ in self._checkpoint_files()})
-            for path in [p for r, p in self._checkpoint_files() if r in rounds[:-keep]]:
-                path.unlink()
+            files = self._checkpoint_files()
+            stale = set(sorted({r for r, _ in files})[:-keep])
+            for r, path in files:
+                if r in stale:
+                    path.unlink()
 
     def _checkpoint_files(self) -> list[tuple[int, Path]]:
         found = [(CHECKPOINT.fullmatch(p.name), p) for p in self.checkpoints.glob("round_*.pt")]

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from clients.msnat_client import CONFIG_KEY
 from strategies import build_strategy
-from strategies.msnat import pack_models, unpack_models
+from strategies.msnat import join_models, split_models
 
 from .analog import pcm_accuracy
 from .config import ConfigError, dump_yaml, noise_levels, protocol, resolve
@@ -32,6 +32,10 @@ def _percent(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _mean_std(entry: Mapping[str, float]) -> str:
+    return f"{_percent(entry['mean'])} ± {_percent(entry['std'])}"
+
+
 class Evaluator:
     """Server-side evaluate_fn: saves each round's checkpoint, then measures clean, validation
     and PCM accuracy of the global model (of each of the K models with FI off)."""
@@ -44,8 +48,8 @@ class Evaluator:
         self.records = run.read_jsonl("metrics.jsonl")  # earlier rounds of a resumed run
 
     def states(self, arrays: ArrayRecord) -> list[dict[str, torch.Tensor]]:
-        records = [arrays] if self.fused else unpack_models(arrays, len(self.sigmas))
-        return [r.to_torch_state_dict() for r in records]
+        return [m.to_torch_state_dict()
+                for m in split_models(arrays, len(self.sigmas), self.fused)]
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         r = server_round + self.offset
@@ -68,8 +72,7 @@ class Evaluator:
         record |= {"eval_seconds": round(time.time() - started, 3), "protocol": self.protocol}
         self.run.append_jsonl("metrics.jsonl", record)
         self.records.append(record)
-        pcm = "  ".join(f"{label} {_percent(v['mean'])}±{_percent(v['std'])}"
-                        for label, v in record.get("pcm", {}).items())
+        pcm = "  ".join(f"{label} {_mean_std(v)}" for label, v in record.get("pcm", {}).items())
         console.print(f"[round {r}/{self.cfg['training.rounds']}] clean "
                       f"{_percent(record['clean_acc'])}%  val {_percent(record['val_acc'])}%  "
                       f"PCM {pcm or 'off'}  ({record['eval_seconds']:.1f}s eval)")
@@ -101,8 +104,7 @@ def final_table(records: Sequence[Mapping[str, Any]], fused: bool) -> tuple[Tabl
         table.add_column(column, justify="left" if column == "model" else "right")
 
     def add(name: str, rec: Mapping[str, Any], sigma: str) -> None:
-        pcm = [f"{_percent(rec['pcm'][x]['mean'])} ± {_percent(rec['pcm'][x]['std'])}"
-               for x in labels]
+        pcm = [_mean_std(rec["pcm"][x]) for x in labels]
         table.add_row(name, str(rec["round"]), sigma, _percent(rec["val_acc"]),
                       _percent(rec["clean_acc"]), *pcm)
 
@@ -149,12 +151,11 @@ def main(grid: Grid, context: Context) -> None:
             f"sigma {m['sigma']:g}: loss {m['train_loss']:.3f} acc {_percent(m['train_acc'])}%"
             for m in metrics))
 
-    initial = [ArrayRecord(s) for s in states]
     strategy = build_strategy(cfg, first_round, log_clients)
     evaluator = Evaluator(cfg, run, data, first_round)
     remaining = cfg["training.rounds"] - first_round
     if remaining > 0:
-        strategy.start(grid=grid, initial_arrays=initial[0] if fused else pack_models(initial),
+        strategy.start(grid=grid, initial_arrays=join_models([ArrayRecord(s) for s in states], fused),
                        num_rounds=remaining,
                        train_config=ConfigRecord({CONFIG_KEY: json.dumps(cfg).encode()}),
                        evaluate_fn=evaluator)

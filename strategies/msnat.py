@@ -30,15 +30,21 @@ def aggregate_client_metrics(records: list[RecordDict], weighted_by_key: str) ->
     return MetricRecord({k: v for k, v in averaged.items() if k not in CLIENT_LABELS})
 
 
-def pack_models(models: Sequence[ArrayRecord]) -> ArrayRecord:
-    """K models in one ArrayRecord, keys prefixed with the noise index."""
+def join_models(models: Sequence[ArrayRecord], fused: bool) -> ArrayRecord:
+    """What travels between rounds: the global model, or (FI off) the K models packed
+    with keys prefixed by the noise index."""
+    if fused:
+        return models[0]
     return ArrayRecord({f"{k}/{name}": array for k, model in enumerate(models)
                         for name, array in model.items()})
 
 
-def unpack_models(packed: ArrayRecord, count: int) -> list[ArrayRecord]:
+def split_models(arrays: ArrayRecord, count: int, fused: bool) -> list[ArrayRecord]:
+    """Inverse of `join_models`: [global model], or the K models."""
+    if fused:
+        return [arrays]
     models = [ArrayRecord() for _ in range(count)]
-    for key, array in packed.items():
+    for key, array in arrays.items():
         index, name = key.split("/", 1)
         models[int(index)][name] = array
     return models
@@ -95,7 +101,7 @@ class MSNATStrategy(FedProx):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         count = len(self.noise_levels)
-        models = unpack_models(arrays, count) if not self.fusion else [arrays] * count
+        models = split_models(arrays, count, self.fusion)
         all_nodes = max(1, len(list(grid.get_node_ids())))
         nodes, _ = sample_nodes(grid, self.min_available_nodes, all_nodes)
         nodes.sort()
@@ -104,7 +110,8 @@ class MSNATStrategy(FedProx):
             content = ConfigRecord(dict(config) | {
                 "server-round": server_round + self.round_offset,
                 "proximal-mu": self.proximal_mu, "sigma": sigma, "noise-index": k})
-            messages.append(Message(RecordDict({self.arrayrecord_key: models[k],
+            model = models[0 if self.fusion else k]
+            messages.append(Message(RecordDict({self.arrayrecord_key: model,
                                                 self.configrecord_key: content}),
                                     dst_node_id=nodes[k % len(nodes)],
                                     message_type=MessageType.TRAIN))
@@ -129,7 +136,7 @@ class MSNATStrategy(FedProx):
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         models = [c[self.arrayrecord_key] for c in contents]
         if not self.fusion:
-            return pack_models(models), metrics
+            return join_models(models, fused=False), metrics
         weights = ([1.0] * len(models) if self.weighting == "uniform"
                    else [float(c["metrics"][self.weighted_by_key]) for c in contents])
         return fuse(models, weights, self.noise_levels, self.bn_buffers), metrics

@@ -95,6 +95,10 @@ def test_the_seed_protocol_is_harsher_than_the_realistic_one(trained, digits):
     assert pcm_1s(seed) < pcm_1s(realistic) - 0.2
 
 
+def test_config_knows_exactly_the_implemented_devices():
+    assert set(config.DEVICES) == set(analog.DEVICE_MODELS)
+
+
 def test_drift_labels():
     assert [analog.drift_label(t) for t in (1, 3600, 86400, 31536000, 90, 1.5)] == [
         "1s", "1h", "1d", "1y", "1.5min", "1.5s"]

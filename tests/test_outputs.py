@@ -62,11 +62,11 @@ def test_evaluator_records_every_evaluated_round(run, cfg, digits, lenet):
 
 
 def test_evaluator_with_fusion_off_reports_each_model(run, cfg, digits, lenet):
-    from strategies.msnat import pack_models
+    from strategies.msnat import join_models
     cfg = cfg | {"training.use_fl": False, "training.client_num_in_total": 2,
                  "inference.platform.aihwkit.use": False}
     evaluator = Evaluator(cfg, run, digits, first_round=0)
-    evaluator(1, pack_models([ArrayRecord(lenet.state_dict())] * 2))
+    evaluator(1, join_models([ArrayRecord(lenet.state_dict())] * 2, fused=False))
     record = run.read_jsonl("metrics.jsonl")[0]
     assert [m["sigma"] for m in record["models"]] == [0.10, 0.15]
     assert "pcm" not in record  # aihwkit off: clean accuracy only

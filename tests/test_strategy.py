@@ -4,7 +4,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies.msnat import MSNATStrategy, fuse, pack_models, unpack_models
+from strategies.msnat import MSNATStrategy, fuse, join_models, split_models
 
 
 def record(**arrays) -> ArrayRecord:
@@ -39,7 +39,7 @@ def test_bn_buffers_from_lowest_sigma():
 
 
 def test_pack_roundtrip_keeps_models_apart():
-    models = unpack_models(pack_models([A, B]), 2)
+    models = split_models(join_models([A, B], fused=False), 2, fused=False)
     assert values(models[0]) == values(A) and values(models[1]) == values(B)
 
 
@@ -75,8 +75,8 @@ def test_every_noise_level_gets_its_own_message_over_two_nodes():
 
 
 def replies(strategy, models, examples):
-    sent = list(strategy.configure_train(1, pack_models(models) if not strategy.fusion
-                                         else models[0], ConfigRecord(), FakeGrid([1])))
+    sent = list(strategy.configure_train(1, join_models(models, strategy.fusion),
+                                         ConfigRecord(), FakeGrid([1])))
     out = []
     for msg, model, n in zip(sent, models, examples):
         content = RecordDict({"arrays": model, "metrics": MetricRecord({
@@ -99,7 +99,7 @@ def test_fusion_weights_by_examples_and_logs_clients():
 def test_fusion_off_returns_the_k_models_unchanged():
     strategy = MSNATStrategy([0.1, 0.2], fusion=False)
     packed, _ = strategy.aggregate_train(1, replies(strategy, [A, B], [1, 1]))
-    first, second = unpack_models(packed, 2)
+    first, second = split_models(packed, 2, fused=False)
     assert values(first) == values(A) and values(second) == values(B)
 
 
