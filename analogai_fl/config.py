@@ -30,6 +30,9 @@ UNSET = ""
 MAX_NOISE_LEVELS = 10
 DEVICES = ("PCM",)
 PROTOCOLS = ("realistic", "seed")
+DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
+MODEL_NAMES = ("lenet", "mlp", "vgg8", "resnet18", "mobilenetv2")
+STRATEGY_NAMES = ("msnat", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 class ConfigError(ValueError):
@@ -78,16 +81,49 @@ def _protocol_keys(name: str, omega: float, columnwise: bool, dac: int, adc: int
     }
 
 
-def _build_schema() -> dict[str, Key]:
-    s: dict[str, Key] = {
-        "seed": Key(2024, "random seed for data split, init, noise draws"),
-        "data.name": Key("digits", "data set", choices=("digits",)),
-        "data.val_fraction": Key(0.1, "share of all images held out for validation (model "
-                                 "selection)", minimum=0.0, above_minimum=True),
-        "data.test_fraction": Key(0.2, "share of all images held out for the test split",
+# The schema is built section by section, in the order conf/default.yaml lists them.
+
+def _run_keys() -> dict[str, Key]:
+    return {"seed": Key(2024, "random seed for data split, partitions, init, noise draws")}
+
+
+def _data_keys() -> dict[str, Key]:
+    return {
+        "data.name": Key("digits", "data set (digits ships with scikit-learn; the others are "
+                         "torchvision's)", choices=DATASETS),
+        "data.root": Key("~/.cache/analogai-fl/data", "folder holding the torchvision data "
+                         "sets (each in its usual sub-folder)"),
+        "data.download": Key(True, "download a missing torchvision data set into data.root "
+                             "(once, by the server, before any client starts)"),
+        "data.augment": Key(True, "training-split augmentation: random crop (padding 4 at 32 "
+                            "px) for all torchvision sets, plus horizontal flips for CIFAR; "
+                            "digits: none"),
+        "data.val_fraction": Key(0.1, "share of the training images held out for validation "
+                                 "(model selection); digits: share of all images",
+                                 minimum=0.0, above_minimum=True),
+        "data.test_fraction": Key(0.2, "digits only: share of all images held out for the "
+                                  "test split (the others have an official test split)",
                                   minimum=0.0, above_minimum=True),
-        "data.image_size": Key(32, "digits' 8x8 images are upsampled to this size", minimum=8),
-        "model.name": Key("lenet", "network", choices=("lenet", "mlp")),
+        "data.image_size": Key(32, "images are resized to this side (digits' 8x8 and MNIST's "
+                               "28x28 are upsampled)", minimum=8),
+        "data.max_train_examples": Key(0, "use only the first N training images after the "
+                                       "validation split (0 = all); for quick trials",
+                                       minimum=0),
+        "data.partition": Key("full", "how the training split is shared among the K clients: "
+                              "full (each sees all of it: MSNAT), iid shards, or dirichlet "
+                              "label skew", choices=("full", "iid", "dirichlet")),
+        "data.alpha": Key(0.5, "Dirichlet concentration for data.partition=dirichlet (smaller "
+                          "= more skewed)", minimum=0.0, above_minimum=True),
+    }
+
+
+def _model_keys() -> dict[str, Key]:
+    return {"model.name": Key("lenet", "network (CIFAR-style stems for 32x32 images)",
+                              choices=MODEL_NAMES)}
+
+
+def _training_keys() -> dict[str, Key]:
+    return {
         "training.client_num_in_total": Key(5, "K, the number of noise levels = simulated "
                                             "clients (noise_0 .. noise_{K-1})", minimum=1),
         "training.rounds": Key(15, "communication rounds", minimum=1),
@@ -104,8 +140,8 @@ def _build_schema() -> dict[str, Key]:
                                "round; false = K independent models"),
         "training.use_neg": Key(True, "feedback loops (FL): extra noisy passes subtracted from "
                                 "the logits, plus the proximal term"),
-        "training.proximal_mu": Key(0.01, "mu of mu/2*||w - w_global||^2 (with use_neg)",
-                                    minimum=0.0),
+        "training.proximal_mu": Key(0.01, "mu of mu/2*||w - w_global||^2 (with use_neg, or "
+                                    "always with strategy.name=fedprox)", minimum=0.0),
         "training.feedback.offsets": Key([0.05, 0.10, 0.15], "sigma offsets of the feedback "
                                          "passes"),
         "training.feedback.weights": Key([1.0, 0.1, 0.01], "weight w_i of each feedback pass"),
@@ -113,26 +149,82 @@ def _build_schema() -> dict[str, Key]:
                                       minimum=0.0),
         "training.feedback.temperature": Key(4.0, "loss = CE(z / temperature)", minimum=0.0,
                                              above_minimum=True),
-        "strategy.name": Key("msnat", "aggregation strategy", choices=("msnat",)),
-        "strategy.weighting": Key("uniform", "client weights when fusing: uniform (1/K) or by "
-                                  "example count", choices=("uniform", "examples")),
-        "strategy.bn_buffers": Key("average", "BatchNorm running stats of the fused model: "
-                                   "weighted average, or those of the lowest-sigma client",
-                                   choices=("average", "lowest_sigma")),
     }
+
+
+def _strategy_keys() -> dict[str, Key]:
+    return {
+        "strategy.name": Key("msnat", "aggregation strategy: msnat (fusion of the K noise "
+                             "levels) or one of Flower's built-ins", choices=STRATEGY_NAMES),
+        "strategy.weighting": Key("uniform", "msnat: client weights when fusing, uniform (1/K) "
+                                  "or by example count (Flower's built-ins always weight by "
+                                  "examples)", choices=("uniform", "examples")),
+        "strategy.bn_buffers": Key("average", "msnat: BatchNorm running stats of the fused "
+                                   "model, weighted average or those of the lowest-sigma "
+                                   "client", choices=("average", "lowest_sigma")),
+        "strategy.server_lr": Key(1.0, "fedavgm: server learning rate", minimum=0.0,
+                                  above_minimum=True),
+        "strategy.server_momentum": Key(0.9, "fedavgm: server momentum", minimum=0.0),
+        "strategy.eta": Key(0.01, "fedadam/fedyogi/fedadagrad: server learning rate",
+                            minimum=0.0, above_minimum=True),
+        "strategy.beta_1": Key(0.9, "fedadam/fedyogi: first-moment decay", minimum=0.0),
+        "strategy.beta_2": Key(0.99, "fedadam/fedyogi: second-moment decay", minimum=0.0),
+        "strategy.tau": Key(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity (epsilon) of the "
+                            "server optimiser", minimum=0.0, above_minimum=True),
+    }
+
+
+def _recovery_keys() -> dict[str, Key]:
+    s: dict[str, Key] = {}
     seed_sigmas = [0.10, 0.15, 0.20, 0.25, 0.30]
     for k in range(MAX_NOISE_LEVELS):
         p = f"recovery.noise_{k}.act_inject"
         s[f"{p}.sigma"] = Key(seed_sigmas[k] if k < len(seed_sigmas) else None,
                               f"weight-noise sigma of client {k}", minimum=0.0, nullable=True,
                               kind=float)
-        s[f"{p}.use"] = Key(False, f"activation noise for client {k} (not available yet)")
-    s |= {
-        "recovery.optimizer.sam": Key(False, "sharpness-aware minimisation (not available yet)"),
-        "recovery.optimizer.adaptive": Key(False, "adaptive SAM (not available yet)"),
-        "recovery.adversarial.FGSM.use": Key(False, "FGSM training (not available yet)"),
-        "recovery.adversarial.PGD.use": Key(False, "PGD training (not available yet)"),
-        "recovery.qat": Key(False, "quantisation-aware training (not available yet)"),
+        s[f"{p}.use"] = Key(False, f"client {k} also multiplies every Conv/Linear output by "
+                            "N(1, act_sigma^2) noise while training")
+        s[f"{p}.act_sigma"] = Key(0.1, f"activation-noise sigma of client {k}", minimum=0.0)
+    sam, fgsm, pgd = "recovery.optimizer", "recovery.adversarial.FGSM", "recovery.adversarial.PGD"
+    return s | {
+        f"{sam}.sam": Key(False, "sharpness-aware minimisation: each step takes the gradient "
+                          "at the worst point within rho (two gradient evaluations)"),
+        f"{sam}.adaptive": Key(False, "adaptive SAM (ASAM): the neighbourhood scales with "
+                               "|w| (implies sam; ASAM papers use a larger rho, ~0.5)"),
+        f"{sam}.rho": Key(0.05, "SAM/ASAM neighbourhood radius", minimum=0.0,
+                          above_minimum=True),
+        f"{sam}.eta": Key(0.01, "ASAM: eta in the scale |w| + eta", minimum=0.0),
+        f"{fgsm}.use": Key(False, "FGSM adversarial training (one signed-gradient step)"),
+        f"{fgsm}.epsilon": Key(0.03, "FGSM: L-inf radius in pixel units ([0, 1] images)",
+                               minimum=0.0, above_minimum=True),
+        f"{fgsm}.step_size": Key(0.03, "FGSM: step size in pixel units (1.25*epsilon with "
+                                 "random_start is 'fast FGSM')", minimum=0.0,
+                                 above_minimum=True),
+        f"{fgsm}.random_start": Key(False, "FGSM: start from a uniform point in the "
+                                    "epsilon-ball"),
+        f"{fgsm}.weight": Key(0.2, "FGSM: loss = L(x) + weight * L(x_adv)", minimum=0.0),
+        f"{pgd}.use": Key(False, "PGD adversarial training (projected signed-gradient steps)"),
+        f"{pgd}.epsilon": Key(0.03, "PGD: L-inf radius in pixel units ([0, 1] images)",
+                              minimum=0.0, above_minimum=True),
+        f"{pgd}.step_size": Key(0.01, "PGD: step size in pixel units", minimum=0.0,
+                                above_minimum=True),
+        f"{pgd}.steps": Key(10, "PGD: number of steps", minimum=1),
+        f"{pgd}.random_start": Key(True, "PGD: start from a uniform point in the epsilon-ball"),
+        f"{pgd}.weight": Key(0.05, "PGD: loss = L(x) + weight * L(x_adv)", minimum=0.0),
+        "recovery.qat.use": Key(False, "quantisation-aware training: fake-quantised weights "
+                                "(per output channel) and layer inputs, straight-through "
+                                "gradients; evaluation sees the quantised weights (alias: "
+                                "recovery.qat)"),
+        "recovery.qat.weight_bits": Key(4, "QAT: weight bits (symmetric, at most 2^b levels "
+                                        "per output channel)", minimum=2),
+        "recovery.qat.act_bits": Key(8, "QAT: bits of every Conv/Linear input (symmetric, "
+                                     "dynamic abs-max range, like the DAC; 0 = off)",
+                                     minimum=0),
+    }
+
+
+def _inference_keys() -> dict[str, Key]:
+    return {
         "inference.platform.aihwkit.use": Key(True, "evaluate the global model on simulated "
                                               "analog hardware each round (alias: "
                                               "inference.platform.aihwkit)"),
@@ -150,6 +242,11 @@ def _build_schema() -> dict[str, Key]:
                                      "drift times in seconds after programming"),
         "inference.every": Key(1, "evaluate every N rounds (the last round always)", minimum=1),
         "inference.batch_size": Key(512, "evaluation batch size", minimum=1),
+    }
+
+
+def _output_keys() -> dict[str, Key]:
+    return {
         "output.dir": Key("runs", "parent folder of run folders (relative paths: to the "
                           "directory the local SuperLink was started in)"),
         "output.name": Key("", "run folder name prefix (default: the conf file's name)"),
@@ -157,12 +254,16 @@ def _build_schema() -> dict[str, Key]:
         "output.keep_checkpoints": Key(0, "keep only the newest N rounds' checkpoints (0 = all)",
                                        minimum=0),
     }
-    return s
+
+
+def _build_schema() -> dict[str, Key]:
+    return (_run_keys() | _data_keys() | _model_keys() | _training_keys() | _strategy_keys()
+            | _recovery_keys() | _inference_keys() | _output_keys())
 
 
 SCHEMA: dict[str, Key] = _build_schema()
-ALIASES = {"inference.platform.aihwkit": "inference.platform.aihwkit.use"}
-NOT_AVAILABLE_YET = [k for k, v in SCHEMA.items() if "(not available yet)" in v.doc]
+ALIASES = {"inference.platform.aihwkit": "inference.platform.aihwkit.use",
+           "recovery.qat": "recovery.qat.use"}
 
 
 def defaults() -> dict[str, Any]:
@@ -299,10 +400,6 @@ def validate(cfg: Mapping[str, Any], typed_keys: set[str] = frozenset()) -> None
     `typed_keys` are those given on the command line: a sigma typed there for a level
     beyond client_num_in_total is a mistake, while conf files may list spare levels.
     """
-    for name in NOT_AVAILABLE_YET:
-        if cfg[name]:
-            raise ConfigError(f"key '{name}' is not available yet (the recovery toolbox comes "
-                              "in a later release); set it to false")
     k_total = cfg["training.client_num_in_total"]
     if k_total > MAX_NOISE_LEVELS:
         raise ConfigError(f"key 'training.client_num_in_total' expects at most "
@@ -354,5 +451,78 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+DEFAULT_CONF_HEADER = """\
+# The default experiment: LeNet on scikit-learn's digits (offline), K = 5 noise levels,
+# fusion injection (FI) and feedback loops (FL) on, PCM evaluation every round.
+# Every key of the project is listed here with its default and meaning. This file is
+# generated from analogai_fl/config.py (`python -m analogai_fl.config --write`); other conf
+# files only need the keys they change. `recovery.noise_k.act_inject.sigma` is the
+# WEIGHT-noise sigma of client k (the seed's name, kept for compatibility).
+"""
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix(
+        "...").strip()
+
+
+def render_default_conf() -> str:
+    """conf/default.yaml: every key with its default, commented with its meaning."""
+    lines = [*DEFAULT_CONF_HEADER.splitlines(), ""]
+    opened: list[str] = []
+    for name, key in SCHEMA.items():
+        *parents, leaf = name.split(".")
+        common = 0
+        while common < min(len(opened), len(parents)) and opened[common] == parents[common]:
+            common += 1
+        if common == 0 and opened != parents and lines[-1] != "":
+            lines.append("")  # blank line between top-level sections
+        for depth in range(common, len(parents)):
+            lines.append("  " * depth + parents[depth] + ":")
+        opened = parents
+        lines.append(f"{'  ' * len(parents)}{leaf}: {_yaml_scalar(key.default)}  # {key.doc}")
+    return "\n".join(lines) + "\n"
+
+
+def render_pyproject_table() -> str:
+    """pyproject's [tool.flwr.app.config]: every key declared as "" (= not overridden)."""
+    names = [*SCHEMA, *ALIASES]
+    return "\n".join(["[tool.flwr.app.config]", f'{CONF_KEY} = "{DEFAULT_CONF}"',
+                      *(f'"{n}" = "{UNSET}"' for n in names)]) + "\n"
+
+
+def _replace_block(text: str, start: str, end_marker: str, new: str) -> str:
+    """`text` with the block from the line starting with `start` up to (not including)
+    the first following line that starts with `end_marker` (or the end) replaced."""
+    lines = text.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.startswith(start))
+    last = next((i for i in range(first + 1, len(lines)) if lines[i].startswith(end_marker)),
+                len(lines))
+    return "".join(lines[:first]) + new + "".join(lines[last:])
+
+
+def generated_files() -> dict[Path, str]:
+    """Files whose key lists are generated from SCHEMA, with their up-to-date text."""
+    pyproject = PROJECT_DIR / "pyproject.toml"
+    readme = PROJECT_DIR / "README.md"
+    table = markdown_table() + "\n"
+    return {
+        PROJECT_DIR / DEFAULT_CONF: render_default_conf(),
+        pyproject: _replace_block(pyproject.read_text(), "[tool.flwr.app.config]", "[",
+                                  render_pyproject_table()),
+        readme: _replace_block(readme.read_text(), "| key | default |", "\n", table),
+    }
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        for path, text in generated_files().items():
+            if path.read_text() != text:
+                path.write_text(text)
+                print(f"updated {path.relative_to(PROJECT_DIR)}")
+    else:
+        print(markdown_table())

@@ -24,9 +24,10 @@ def test_default_conf_file_lists_every_key_with_its_default():
     assert config.load_yaml(ROOT / config.DEFAULT_CONF) == config.defaults()
 
 
-def test_readme_key_table_matches_the_schema():
-    assert config.markdown_table() in (ROOT / "README.md").read_text(), (
-        "README's key table is stale: paste the output of `python -m analogai_fl.config`")
+@pytest.mark.parametrize("path", sorted(config.generated_files(), key=str), ids=str)
+def test_generated_key_lists_are_up_to_date(path):
+    assert path.read_text() == config.generated_files()[path], (
+        f"{path.name} is stale: run `python -m analogai_fl.config --write`")
 
 
 def test_model_choices_match_the_model_registry():
@@ -70,15 +71,6 @@ SEED_KEYS = {
 def test_seed_key_reaches_its_target(key):
     value, reached = SEED_KEYS[key]
     assert reached(resolve({key: value}))
-
-
-@pytest.mark.parametrize("key", ["recovery.optimizer.sam", "recovery.optimizer.adaptive",
-                                 "recovery.adversarial.FGSM.use", "recovery.adversarial.PGD.use",
-                                 "recovery.qat", "recovery.noise_2.act_inject.use"])
-def test_later_features_refuse_to_be_switched_on(key):
-    assert resolve({key: False})[key] is False
-    with pytest.raises(ConfigError, match=f"'{key}' is not available yet"):
-        resolve({key: True})
 
 
 def test_feedback_and_proximal_settings_are_keys():
