@@ -53,7 +53,8 @@ def test_every_conv_and_linear_weight_is_noisy_biases_clean(name):
     seen = {}
 
     def record(module, _inputs):  # what the layer really uses during the noisy pass
-        seen[module] = (module.weight.detach().clone(), module.bias.detach().clone())
+        bias = None if module.bias is None else module.bias.detach().clone()
+        seen[module] = (module.weight.detach().clone(), bias)
 
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for m in layers:
@@ -63,6 +64,7 @@ def test_every_conv_and_linear_weight_is_noisy_biases_clean(name):
     names = {m: n for n, m in model.named_modules()}
     for m, (weight, bias) in seen.items():
         assert not torch.equal(weight, originals[f"{names[m]}.weight"])
-        assert torch.equal(bias, originals[f"{names[m]}.bias"])
+        if bias is not None:  # convolutions followed by BatchNorm have none
+            assert torch.equal(bias, originals[f"{names[m]}.bias"])
     for n, p in model.named_parameters():  # noise never leaks into the parameters
         assert torch.equal(p, originals[n])
