@@ -3,6 +3,8 @@
 s = c * sigma * max|W| per tensor, with max|W| treated as a constant, so the gradient passes
 straight through to W. The noisy weights are passed to a functional call and never written
 into the parameters, so the model stays a plain network that aihwkit converts layer by layer.
+With quantisation-aware training the noise is added to the quantised weights, as on a chip
+programmed with quantised conductances.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from .quantization import quantize_per_channel
 
 NOISY_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -21,21 +25,26 @@ def noisy_weight_names(model: nn.Module) -> list[str]:
 
 
 def noisy_forward(model: nn.Module, x: torch.Tensor, sigma: float, c: float = 1.0,
-                  generator: torch.Generator | None = None,
-                  in_eval: bool = False) -> torch.Tensor:
-    """`model(x)` with fresh relative weight noise of level `sigma`.
+                  generator: torch.Generator | None = None, in_eval: bool = False,
+                  weight_bits: int = 0) -> torch.Tensor:
+    """`model(x)` with fresh relative weight noise of level `sigma` (and, with `weight_bits`,
+    on per-channel fake-quantised weights).
 
-    In eval mode the pass is clean unless `in_eval` asks for noise (e.g. a client measuring
-    its accuracy at its own sigma).
+    In eval mode the pass is noise-free unless `in_eval` asks for noise (e.g. a client
+    measuring its accuracy at its own sigma).
     """
-    if sigma == 0 or c == 0 or not (model.training or in_eval):
+    noisy = (sigma > 0 and c > 0) and (model.training or in_eval)
+    if not noisy and not weight_bits:
         return model(x)
     params = dict(model.named_parameters())
-    noisy = {}
+    weights = {}
     for name in noisy_weight_names(model):
         weight = params[name]
-        scale = c * sigma * weight.detach().abs().max()
-        noise = torch.randn(weight.shape, generator=generator, device=weight.device,
-                            dtype=weight.dtype)
-        noisy[name] = weight + scale * noise
-    return functional_call(model, noisy, (x,))
+        if weight_bits:
+            weight = quantize_per_channel(weight, weight_bits)
+        if noisy:
+            scale = c * sigma * weight.detach().abs().max()
+            weight = weight + scale * torch.randn(weight.shape, generator=generator,
+                                                  device=weight.device, dtype=weight.dtype)
+        weights[name] = weight
+    return functional_call(model, weights, (x,))

@@ -1,4 +1,5 @@
-"""One client's local training under its noise level, and the MSNAT loss terms."""
+"""One client's local training under its noise level, the MSNAT loss terms, and the recovery
+options (SAM, adversarial training, QAT, activation noise) composed with them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .noise import noisy_forward
+from .recovery import Attack, Sam, activation_effects, adversarial_example, sam_step
 
 
 @dataclass(frozen=True)
@@ -36,18 +38,39 @@ class LocalTraining:
     weight_decay: float
     feedback: Feedback | None  # None: plain cross-entropy on the noisy pass
     proximal_mu: float
+    act_sigma: float = 0.0  # activation noise (0 = off)
+    weight_bits: int = 0  # QAT weight bits (0 = off)
+    input_bits: int = 0  # QAT bits of every Conv/Linear input (0 = off)
+    sam: Sam | None = None
+    attack: Attack | None = None
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], sigma: float, proximal_mu: float
-                    ) -> LocalTraining:
+    def from_config(cls, cfg: Mapping[str, Any], sigma: float, proximal_mu: float,
+                    noise_index: int = 0) -> LocalTraining:
         feedback = Feedback(cfg["training.feedback.offsets"], cfg["training.feedback.weights"],
                             cfg["training.feedback.beta"], cfg["training.feedback.temperature"]
                             ) if cfg["training.use_neg"] else None
+        act = f"recovery.noise_{noise_index}.act_inject"
+        sam = Sam(cfg["recovery.optimizer.rho"], cfg["recovery.optimizer.adaptive"],
+                  cfg["recovery.optimizer.eta"]) if (
+            cfg["recovery.optimizer.sam"] or cfg["recovery.optimizer.adaptive"]) else None
+        attack = None
+        for name in ("FGSM", "PGD"):
+            p = f"recovery.adversarial.{name}"
+            if cfg[f"{p}.use"]:
+                attack = Attack(name, cfg[f"{p}.epsilon"], cfg[f"{p}.step_size"],
+                                cfg[f"{p}.steps"] if name == "PGD" else 1,
+                                cfg[f"{p}.random_start"], cfg[f"{p}.weight"])
+        qat = cfg["recovery.qat.use"]
         return cls(sigma=sigma, noise_c=cfg["training.noise_scale_c"],
                    epochs=cfg["training.local_epochs"], batch_size=cfg["training.batch_size"],
                    lr=cfg["training.lr"], optimizer=cfg["training.optimizer"],
                    momentum=cfg["training.momentum"], weight_decay=cfg["training.weight_decay"],
-                   feedback=feedback, proximal_mu=proximal_mu)
+                   feedback=feedback, proximal_mu=proximal_mu,
+                   act_sigma=cfg[f"{act}.act_sigma"] if cfg[f"{act}.use"] else 0.0,
+                   weight_bits=cfg["recovery.qat.weight_bits"] if qat else 0,
+                   input_bits=cfg["recovery.qat.act_bits"] if qat else 0,
+                   sam=sam, attack=attack)
 
 
 def feedback_logits(z0: torch.Tensor, extra: Sequence[torch.Tensor], weights: Sequence[float],
@@ -65,14 +88,26 @@ def proximal_term(model: nn.Module, anchor: Sequence[torch.Tensor], mu: float) -
 def msnat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, setting: LocalTraining,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one batch and the main noisy logits z0 (for accuracy)."""
-    z0 = noisy_forward(model, x, setting.sigma, setting.noise_c, generator)
+    def forward(sigma: float) -> torch.Tensor:
+        return noisy_forward(model, x, sigma, setting.noise_c, generator,
+                             weight_bits=setting.weight_bits)
+
+    z0 = forward(setting.sigma)
     fb = setting.feedback
     if fb is None:
         return F.cross_entropy(z0, y), z0
-    extra = [noisy_forward(model, x, setting.sigma + off, setting.noise_c, generator)
-             for off in fb.offsets]
-    z = feedback_logits(z0, extra, fb.weights, fb.beta)
+    z = feedback_logits(z0, [forward(setting.sigma + off) for off in fb.offsets], fb.weights,
+                        fb.beta)
     return F.cross_entropy(z / fb.temperature, y), z0
+
+
+def passes_per_example(setting: LocalTraining) -> int:
+    """Network passes (forward + backward) one training example costs per step: the
+    training-cost unit ("sample-gradient evaluations") of the ablation."""
+    per_loss = 1 + (len(setting.feedback.offsets) if setting.feedback else 0)
+    attack = setting.attack
+    losses = (2 if attack else 1) * (2 if setting.sam else 1)  # x (and x_adv); SAM twice
+    return per_loss * losses + (attack.steps if attack else 0)
 
 
 def make_optimizer(model: nn.Module, setting: LocalTraining) -> torch.optim.Optimizer:
@@ -84,11 +119,14 @@ def make_optimizer(model: nn.Module, setting: LocalTraining) -> torch.optim.Opti
 
 
 def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: int,
-                device: torch.device | str = "cpu") -> dict[str, float]:
+                device: torch.device | str = "cpu",
+                pixel_stats: tuple[Sequence[float], Sequence[float]] | None = None
+                ) -> dict[str, float]:
     """Train `model` in place; the proximal anchor is the model as received.
 
     The optimiser is fresh each call: clients keep no state between rounds, so a resumed
-    run continues exactly and aggregation is not fighting stale momentum.
+    run continues exactly and aggregation is not fighting stale momentum. `pixel_stats`
+    (per-channel mean, std of the normalisation) lets attacks bound and clamp in pixel space.
     """
     device = torch.device(device)
     model.to(device).train()
@@ -97,33 +135,65 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
     noise_gen = torch.Generator(device=device).manual_seed(seed)
     loader = DataLoader(data, batch_size=setting.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
+    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (
+        pixel_stats or ((0.0,), (1.0,))))
+    attack = setting.attack
     total_loss, correct, seen = 0.0, 0, 0
-    for _ in range(setting.epochs):
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss, z0 = msnat_loss(model, x, y, setting, noise_gen)
-            if setting.proximal_mu > 0:
-                loss = loss + proximal_term(model, anchor, setting.proximal_mu)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(y)
-            correct += (z0.argmax(1) == y).sum().item()
-            seen += len(y)
+    # Augmentation draws from torch's global CPU generator: seed it in a fork, so a
+    # client's epoch repeats exactly and the caller's generator is left alone.
+    with torch.random.fork_rng(devices=[]), activation_effects(
+            model, setting.act_sigma, setting.input_bits, noise_gen):
+        torch.manual_seed(seed)
+        for _ in range(setting.epochs):
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                x_adv = None
+                if attack:
+                    model.eval()  # attack the noise-free model; BN statistics untouched
+                    x_adv = adversarial_example(
+                        lambda inp: noisy_forward(model, inp, 0.0,
+                                                  weight_bits=setting.weight_bits),
+                        x, y, attack, mean, std, noise_gen)
+                    model.train()
+                z0_seen: list[torch.Tensor] = []
+
+                def closure() -> torch.Tensor:
+                    loss, z0 = msnat_loss(model, x, y, setting, noise_gen)
+                    if x_adv is not None:
+                        loss = loss + attack.weight * msnat_loss(model, x_adv, y, setting,
+                                                                 noise_gen)[0]
+                    if setting.proximal_mu > 0:
+                        loss = loss + proximal_term(model, anchor, setting.proximal_mu)
+                    z0_seen.append(z0)
+                    return loss
+
+                optimizer.zero_grad(set_to_none=True)
+                loss = closure()
+                loss.backward()
+                if setting.sam:
+                    sam_step(model, closure, optimizer, setting.sam)
+                else:
+                    optimizer.step()
+                total_loss += loss.item() * len(y)
+                correct += (z0_seen[0].argmax(1) == y).sum().item()
+                seen += len(y)
     return {"train_loss": total_loss / seen, "train_acc": correct / seen,
-            "num-examples": len(data)}
+            "num-examples": len(data),
+            "sample_passes": seen * passes_per_example(setting)}
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Dataset, batch_size: int = 512,
              device: torch.device | str = "cpu", sigma: float = 0.0, noise_c: float = 1.0,
-             generator: torch.Generator | None = None) -> float:
-    """Top-1 accuracy in eval mode; `sigma` > 0 measures it under weight noise."""
+             generator: torch.Generator | None = None, weight_bits: int = 0) -> float:
+    """Top-1 accuracy in eval mode; `sigma` > 0 measures it under weight noise (on
+    `weight_bits`-quantised weights with QAT)."""
     model.to(device).eval()
     correct = total = 0
     for x, y in DataLoader(data, batch_size=batch_size):
         x, y = x.to(device), y.to(device)
-        logits = noisy_forward(model, x, sigma, noise_c, generator, in_eval=True)
+        logits = noisy_forward(model, x, sigma, noise_c, generator, in_eval=True,
+                               weight_bits=weight_bits)
         correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
     return correct / total
