@@ -1,4 +1,5 @@
-"""MSNAT fusion injection as a Flower Message-API strategy.
+"""MSNAT fusion injection as a Flower Message-API strategy, and the per-noise-level dispatch
+every strategy of the project shares.
 
 Each round every noise level sigma_k gets its own TRAIN message (sent round-robin over the
 connected nodes, so Flower's default two simulated SuperNodes run all K levels), and the K
@@ -76,41 +77,49 @@ def fuse(models: Sequence[ArrayRecord], weights: Sequence[float], sigmas: Sequen
     return fused
 
 
-class MSNATStrategy(FedProx):
-    """FedProx with one client per noise level and a configurable fusion."""
+class NoiseLevelDispatch:
+    """Mixin for a Flower Message-API strategy: every round each noise level sigma_k gets its
+    own TRAIN message (round-robin over the connected nodes); the replies must cover every
+    level, are ordered by level, and are then aggregated by the strategy it is mixed into.
 
-    def __init__(self, noise_levels: Sequence[float], fusion: bool = True,
-                 weighting: str = "uniform", bn_buffers: str = "average",
-                 proximal_mu: float = 0.0, round_offset: int = 0,
-                 on_client_metrics: Callable[[int, list[dict]], None] | None = None) -> None:
+    A failed or missing client fails the round: silently dropping a noise level would change
+    the method being run.
+    """
+
+    def __init__(self, noise_levels: Sequence[float], *, client_mu: float = 0.0,
+                 round_offset: int = 0,
+                 on_client_metrics: Callable[[int, list[dict]], None] | None = None,
+                 **strategy_args) -> None:
         super().__init__(fraction_evaluate=0.0, min_train_nodes=1, min_evaluate_nodes=0,
-                         min_available_nodes=1, proximal_mu=proximal_mu,
-                         train_metrics_aggr_fn=aggregate_client_metrics)
+                         min_available_nodes=1, train_metrics_aggr_fn=aggregate_client_metrics,
+                         **strategy_args)
         self.noise_levels = list(noise_levels)
-        self.fusion = fusion
-        self.weighting = weighting
-        self.bn_buffers = bn_buffers
+        self.client_mu = client_mu
         self.round_offset = round_offset
         self.on_client_metrics = on_client_metrics
 
     def summary(self) -> None:
-        log(INFO, "\t├──> MSNAT: sigma %s, fusion %s, weighting %s, BN buffers %s",
-            self.noise_levels, self.fusion, self.weighting, self.bn_buffers)
+        log(INFO, "\t├──> noise levels %s (one client each), proximal mu %s",
+            self.noise_levels, self.client_mu)
         super().summary()
+
+    def models_to_send(self, arrays: ArrayRecord) -> list[ArrayRecord]:
+        return [arrays] * len(self.noise_levels)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        count = len(self.noise_levels)
-        models = split_models(arrays, count, self.fusion)
+        # The parent records what its server-side update needs (e.g. FedAdam's current
+        # arrays); its one-message-per-node list is replaced by one message per level.
+        super().configure_train(server_round, arrays, ConfigRecord(dict(config)), grid)
         all_nodes = max(1, len(list(grid.get_node_ids())))
         nodes, _ = sample_nodes(grid, self.min_available_nodes, all_nodes)
         nodes.sort()
         messages = []
-        for k, sigma in enumerate(self.noise_levels):
+        for k, (sigma, model) in enumerate(zip(self.noise_levels, self.models_to_send(arrays),
+                                               strict=True)):
             content = ConfigRecord(dict(config) | {
                 "server-round": server_round + self.round_offset,
-                "proximal-mu": self.proximal_mu, "sigma": sigma, "noise-index": k})
-            model = models[0 if self.fusion else k]
+                "proximal-mu": self.client_mu, "sigma": sigma, "noise-index": k})
             messages.append(Message(RecordDict({self.arrayrecord_key: model,
                                                 self.configrecord_key: content}),
                                     dst_node_id=nodes[k % len(nodes)],
@@ -119,20 +128,60 @@ class MSNATStrategy(FedProx):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
         valid, failed = self._check_and_log_replies(replies, is_train=True)
         if failed:
             reasons = "; ".join(m.error.reason for m in failed)
             raise RuntimeError(f"{len(failed)} of {len(self.noise_levels)} clients failed in "
                                f"round {server_round + self.round_offset}: {reasons}")
-        by_index = {int(m.content["metrics"]["noise-index"]): m.content for m in valid}
+        by_index = {int(m.content["metrics"]["noise-index"]): m for m in valid}
         if sorted(by_index) != list(range(len(self.noise_levels))):
             raise RuntimeError(f"round {server_round + self.round_offset}: replies for noise "
                                f"levels {sorted(by_index)}, expected all of "
                                f"0..{len(self.noise_levels) - 1}")
-        contents = [by_index[k] for k in range(len(self.noise_levels))]
+        ordered = [by_index[k] for k in range(len(self.noise_levels))]
         if self.on_client_metrics:
             self.on_client_metrics(server_round + self.round_offset,
-                                   [dict(c["metrics"]) for c in contents])
+                                   [dict(m.content["metrics"]) for m in ordered])
+        return self.aggregate_levels(server_round, ordered)
+
+    def aggregate_levels(self, server_round: int, replies: list[Message]
+                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The parent strategy's aggregation (weighted by example count), with every array
+        cast back to the dtype the clients sent (server optimisers compute in float64)."""
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        sent = replies[0].content[self.arrayrecord_key]
+        return ArrayRecord({k: Array(np.asarray(a.numpy(), dtype=sent[k].numpy().dtype))
+                            for k, a in arrays.items()}), metrics
+
+
+class MSNATStrategy(NoiseLevelDispatch, FedProx):
+    """MSNAT fusion injection: FedProx-style rounds over the K noise levels, fused with
+    configurable weighting and BatchNorm handling; with fusion off the K models stay apart."""
+
+    def __init__(self, noise_levels: Sequence[float], fusion: bool = True,
+                 weighting: str = "uniform", bn_buffers: str = "average",
+                 proximal_mu: float = 0.0, round_offset: int = 0,
+                 on_client_metrics: Callable[[int, list[dict]], None] | None = None) -> None:
+        super().__init__(noise_levels, client_mu=proximal_mu, round_offset=round_offset,
+                         on_client_metrics=on_client_metrics, proximal_mu=proximal_mu)
+        self.fusion = fusion
+        self.weighting = weighting
+        self.bn_buffers = bn_buffers
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> MSNAT fusion %s, weighting %s, BN buffers %s",
+            self.fusion, self.weighting, self.bn_buffers)
+        super().summary()
+
+    def models_to_send(self, arrays: ArrayRecord) -> list[ArrayRecord]:
+        if self.fusion:
+            return super().models_to_send(arrays)
+        return split_models(arrays, len(self.noise_levels), fused=False)
+
+    def aggregate_levels(self, server_round: int, replies: list[Message]
+                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        contents = [m.content for m in replies]
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         models = [c[self.arrayrecord_key] for c in contents]
         if not self.fusion:

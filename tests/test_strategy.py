@@ -4,6 +4,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 
 from flwr.supercore.task_identity import TaskIdentity
 
+from strategies import BUILT_INS, build_strategy
 from strategies.msnat import MSNATStrategy, fuse, join_models, split_models
 
 
@@ -107,3 +108,52 @@ def test_a_failed_client_fails_the_round():
     strategy = MSNATStrategy([0.1, 0.2])
     with pytest.raises(RuntimeError, match=r"replies for noise levels \[0\]"):
         strategy.aggregate_train(1, replies(strategy, [A, B], [1, 1])[1:])
+
+
+def two_levels(name, **changes):
+    from analogai_fl import config
+    cfg = config.defaults() | {"strategy.name": name, "training.client_num_in_total": 2} | changes
+    return build_strategy(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_INS))
+def test_built_in_strategies_send_one_message_per_noise_level(name):
+    strategy = two_levels(name)
+    messages = list(strategy.configure_train(1, A, ConfigRecord(), FakeGrid([1, 2])))
+    assert [m.content["config"]["sigma"] for m in messages] == [0.1, 0.15]
+    assert [m.metadata.dst_node_id for m in messages] == [1, 2]
+
+
+def test_built_ins_aggregate_their_own_way():
+    """Same replies, different strategies: FedAvg averages by examples, FedAdam moves the
+    current model with a server-side Adam step, FedAvgM with server momentum."""
+    current = record(w=np.float32([0.0, 0.0]))
+    new_a, new_b = record(w=np.float32([1.0, 2.0])), record(w=np.float32([3.0, 6.0]))
+    results = {}
+    for name in ("fedavg", "fedadam", "fedavgm"):
+        strategy = two_levels(name, **{"strategy.server_lr": 0.5})
+        sent = list(strategy.configure_train(1, current, ConfigRecord(), FakeGrid([1])))
+        out = [Message(RecordDict({"arrays": m, "metrics": MetricRecord(
+            {"num-examples": n, "noise-index": k, "sigma": 0.1})}), reply_to=msg)
+            for k, (msg, m, n) in enumerate(zip(sent, [new_a, new_b], [3, 1]))]
+        arrays, _ = strategy.aggregate_train(1, out)
+        assert arrays["w"].numpy().dtype == np.float32  # server optimisers compute in float64
+        results[name] = values(arrays)["w"]
+    assert results["fedavg"] == [1.5, 3.0]
+    assert results["fedavgm"] == pytest.approx([0.75, 1.5])  # 0 + 0.5 * (avg - 0)
+    assert results["fedadam"] != results["fedavg"]
+    assert all(0 < v < 0.1 for v in results["fedadam"])  # eta 0.01 step from 0
+
+
+def test_proximal_mu_follows_feedback_loops_or_fedprox():
+    assert two_levels("fedavg", **{"training.use_neg": False}).client_mu == 0.0
+    assert two_levels("fedavg").client_mu == 0.01
+    assert two_levels("fedprox", **{"training.use_neg": False}).client_mu == 0.01
+
+
+def test_unknown_strategy_lists_the_valid_ones():
+    from analogai_fl.config import ConfigError, resolve
+    with pytest.raises(ConfigError, match="strategy.name.*'msnat', 'fedavg'.*got 'krum'"):
+        resolve({"strategy.name": "krum"})
+    with pytest.raises(ConfigError, match="FI off runs only with strategy.name=msnat"):
+        resolve({"strategy.name": "fedadam", "training.use_fl": False})
