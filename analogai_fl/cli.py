@@ -1,0 +1,387 @@
+"""The `analogai-fl` command: subcommands that work on runs without `flwr run`.
+
+    analogai-fl infer CHECKPOINT [--conf FILE] [--run-config "key=value ..."]
+                                 [--model-index K] [--out DIR] [--no-sweep]
+
+Each subcommand is a function `add_<name>(subparsers)` that adds its parser and sets
+`handler`, registered in `SUBCOMMANDS`. A handler raises `CliError` (or `ConfigError`) for a
+user mistake: `main` prints it as one line and returns exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import CONF_KEY, ConfigError, parse_run_config, protocol, resolve
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+# --- infer ----------------------------------------------------------------------------------
+
+ROUND_FILE = re.compile(r"round_(\d+)(?:_noise_(\d+))?\.pt")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    label: str  # "global" or "noise_K"
+
+
+def find_checkpoints(path: Path, model_index: int | None) -> list[Checkpoint]:
+    """The checkpoint file(s) to evaluate.
+
+    `round_NNNN.pt` of a run with fusion off does not exist: the round has one file per noise
+    level, `round_NNNN_noise_K.pt`; then all of them are evaluated, or the one `model_index`
+    names. A `round_NNNN_noise_K.pt` path is that one model.
+    """
+    match = ROUND_FILE.fullmatch(path.name)
+    if path.is_file():
+        if model_index is not None:
+            raise CliError(f"--model-index picks one of the round_NNNN_noise_K.pt files of a "
+                           f"run with fusion off (name the round as round_NNNN.pt); "
+                           f"'{path}' is already a single model")
+        label = f"noise_{match.group(2)}" if match and match.group(2) else "global"
+        return [Checkpoint(path, label)]
+    if path.is_dir():
+        raise CliError(f"'{path}' is a folder; expected a checkpoint file such as "
+                       "runs/<run>/checkpoints/round_0015.pt")
+    if match and match.group(2) is None:
+        per_model = {int(m.group(2)): p for p in path.parent.glob(f"round_{match.group(1)}_*.pt")
+                     if (m := ROUND_FILE.fullmatch(p.name)) and m.group(2) is not None}
+        if per_model:
+            found = [Checkpoint(per_model[k], f"noise_{k}") for k in sorted(per_model)]
+            if model_index is None:
+                return found
+            chosen = [c for c in found if c.label == f"noise_{model_index}"]
+            if not chosen:
+                raise CliError(f"--model-index {model_index}: round {match.group(1)} in "
+                               f"'{path.parent}' has models "
+                               f"{', '.join(c.label for c in found)}")
+            return chosen
+    raise CliError(f"checkpoint '{path}' does not exist (expected a file such as "
+                   "runs/<run>/checkpoints/round_0015.pt, or round_NNNN_noise_K.pt with "
+                   "fusion off)")
+
+
+def infer_config(checkpoint: Path, conf: str | None, run_config: str) -> dict[str, Any]:
+    """The run's saved config (two levels above the checkpoint) or `conf`, plus overrides."""
+    if conf is not None:
+        conf_path = Path(conf).expanduser()
+        if not conf_path.is_file():
+            raise CliError(f"--conf '{conf}' does not exist (expected a YAML conf file)")
+    else:
+        conf_path = checkpoint.resolve().parent.parent / "config.yaml"
+        if not conf_path.is_file():
+            raise CliError(f"no config for '{checkpoint}': expected the run folder's "
+                           f"config.yaml at '{conf_path}'; pass --conf FILE")
+    return resolve({CONF_KEY: str(conf_path.resolve()), **parse_run_config(run_config)})
+
+
+def load_model(checkpoint: Path, cfg: Mapping[str, Any], data) -> Any:
+    """The configured model with the checkpoint's weights, as deployed onto the chip."""
+    import torch
+
+    from .models import build_model
+    from .recovery import deployed
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is no checkpoint
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CliError(f"'{checkpoint}' is not a checkpoint (torch.load failed: {reason}); "
+                       "expected a state_dict written by RunFolder.save_checkpoint") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        raise CliError(f"'{checkpoint}' is not a checkpoint: expected a state_dict (names to "
+                       f"tensors), got {type(state).__name__}")
+    name = cfg["model.name"]
+    model = build_model(name, data.in_channels, data.num_classes, data.image_size)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in state and state[k].shape != v.shape]
+    if missing or unexpected or reshaped:
+        problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                    for label, items in (("missing", missing), ("unexpected", unexpected),
+                                         ("shape (file vs model)", reshaped)) if items]
+        raise CliError(f"'{checkpoint}' does not match the configured model '{name}' "
+                       f"({data.in_channels} channel(s), {data.image_size}x{data.image_size}, "
+                       f"{data.num_classes} classes; {cfg['data.name']}): {'; '.join(problems)}")
+    model.load_state_dict(state)
+    return deployed(model, cfg)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _mean_std(entry: Mapping[str, float]) -> str:
+    return f"{_pct(entry['mean'])} ± {_pct(entry['std'])}"
+
+
+def evaluate_checkpoint(checkpoint: Checkpoint, cfg: Mapping[str, Any], data, sweep: bool
+                        ) -> dict[str, Any]:
+    from .analog import n_w_sweep, pcm_accuracy
+    from .training import accuracy
+
+    model = load_model(checkpoint.path, cfg, data)
+    proto = protocol(cfg)
+    times, repeats, batch = (cfg["inference.drift_times"], cfg["inference.repeats"],
+                             cfg["inference.batch_size"])
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint.path), "model": checkpoint.label, "protocol": proto,
+        "clean_acc": accuracy(model, data.test, batch),
+        "drift": pcm_accuracy(model, data.test, proto, times, repeats, cfg["seed"], batch)}
+    if sweep:  # the protocol's own n_w was just measured, with the same seed
+        others = [n for n in cfg["inference.n_w_sweep"] if n != proto["n_w"]]
+        measured = n_w_sweep(model, data.test, proto, others, times, repeats, cfg["seed"],
+                             batch)
+        result["n_w_sweep"] = {n: result["drift"] if n == proto["n_w"] else measured[n]
+                               for n in cfg["inference.n_w_sweep"]}
+    return result
+
+
+def write_outputs(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
+    """drift.csv, n_w_sweep.csv (if swept) and infer.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "drift.csv"]
+    with open(written[0], "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["model", "device", "n_w", "drift", "seconds", "mean", "std",
+                       "clean_acc"])
+        for r in results:
+            for label, e in r["drift"].items():
+                rows.writerow([r["model"], r["protocol"]["device"], r["protocol"]["n_w"], label,
+                               e["seconds"], e["mean"], e["std"], r["clean_acc"]])
+    if any("n_w_sweep" in r for r in results):
+        written.append(out / "n_w_sweep.csv")
+        with open(written[-1], "w", newline="") as f:
+            rows = csv.writer(f)
+            rows.writerow(["model", "device", "n_w", "drift", "seconds", "mean", "std"])
+            for r in results:
+                for n_w, per_time in r.get("n_w_sweep", {}).items():
+                    for label, e in per_time.items():
+                        rows.writerow([r["model"], r["protocol"]["device"], n_w, label,
+                                       e["seconds"], e["mean"], e["std"]])
+    written.append(out / "infer.png")
+    plot(results, written[-1])
+    return written
+
+
+def plot(results: Sequence[Mapping[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    swept = any("n_w_sweep" in r for r in results)
+    fig, axes = plt.subplots(1, 2 if swept else 1, figsize=(11 if swept else 5.5, 4),
+                             squeeze=False)
+    ax = axes[0][0]
+    for r in results:
+        entries = list(r["drift"].values())
+        line = ax.errorbar([e["seconds"] for e in entries], [100 * e["mean"] for e in entries],
+                           yerr=[100 * e["std"] for e in entries], marker="o", capsize=3,
+                           label=f"{r['model']} (clean {_pct(r['clean_acc'])}%, dashed)")
+        ax.axhline(100 * r["clean_acc"], linestyle="--", color=line[0].get_color(), lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("time after programming (s)")
+    ax.set_ylabel("test accuracy (%)")
+    proto = results[0]["protocol"]
+    ax.set_title(f"{proto['device']}, protocol {proto['name']}, n_w {proto['n_w']:g}")
+    ax.legend(fontsize=8)
+    if swept:
+        ax = axes[0][1]
+        for r in results:
+            sweep = r.get("n_w_sweep", {})
+            for label in next(iter(sweep.values()), {}):
+                ax.errorbar(list(sweep), [100 * sweep[n][label]["mean"] for n in sweep],
+                            yerr=[100 * sweep[n][label]["std"] for n in sweep], marker="o",
+                            capsize=3, label=f"{r['model']} {label}")
+        ax.set_xlabel("additive weight noise n_w")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{proto['device']}: accuracy vs n_w")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def tables(results: Sequence[Mapping[str, Any]]) -> list[Any]:
+    from rich.table import Table
+
+    proto = results[0]["protocol"]
+    labels = list(results[0]["drift"])
+    drift = Table(title=f"Test accuracy (%): clean digital vs {proto['device']} "
+                        f"(protocol {proto['name']}, tile {proto['tile']}, n_w {proto['n_w']:g},"
+                        f" GDC {'on' if proto['drift_compensation'] else 'off'}; mean ± std "
+                        "over repeats)")
+    for column in ["model", "clean", *labels]:
+        drift.add_column(column, justify="left" if column == "model" else "right")
+    for r in results:
+        drift.add_row(r["model"], _pct(r["clean_acc"]),
+                      *[_mean_std(r["drift"][x]) for x in labels])
+    out = [drift]
+    if any("n_w_sweep" in r for r in results):
+        sweep = Table(title=f"n_w sweep: {proto['device']} test accuracy (%) at each drift time")
+        for column in ["model", "n_w", *labels]:
+            sweep.add_column(column, justify="left" if column == "model" else "right")
+        for r in results:
+            for n_w, per_time in r.get("n_w_sweep", {}).items():
+                sweep.add_row(r["model"], f"{n_w:g}", *[_mean_std(per_time[x]) for x in labels])
+        out.append(sweep)
+    return out
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .data import load_data
+
+    console = Console(width=160, markup=False, highlight=False)
+    given = Path(args.checkpoint).expanduser()
+    checkpoints = find_checkpoints(given, args.model_index)
+    cfg = infer_config(checkpoints[0].path, args.conf, args.run_config)
+    protocol(cfg)  # a bad device/drift-time combination fails before any work
+    data = load_data(cfg, download=cfg["data.download"])
+    results = [evaluate_checkpoint(c, cfg, data, sweep=not args.no_sweep) for c in checkpoints]
+    out = Path(args.out).expanduser() if args.out else (
+        given.resolve().parent.parent / "infer" / given.stem)
+    for table in tables(results):
+        console.print(table)
+    written = write_outputs(results, out)
+    console.print(f"Wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def add_infer(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "infer", help="evaluate a saved model on simulated analog hardware (no training)",
+        description="Evaluate a checkpoint of a run (runs/<run>/checkpoints/round_NNNN.pt) on "
+        "simulated analog hardware: clean accuracy, accuracy at each drift time and an n_w "
+        "sweep, as tables, CSV and a PNG plot. Device, drift times, repeats, n_w sweep, drift "
+        "compensation and tile are config keys (inference.*), set with --run-config.",
+        epilog="example: analogai-fl infer runs/default-20261129-101500/checkpoints/"
+        "round_0015.pt --run-config \"inference.platform.aihwkit.device='ReRAM' "
+        "inference.drift_times='1,86400,172800' inference.repeats=5\"")
+    parser.add_argument("checkpoint", help="checkpoint file; with fusion off round_NNNN.pt "
+                        "stands for all of the round's round_NNNN_noise_K.pt files")
+    parser.add_argument("--conf", help="conf YAML file (default: the run folder's config.yaml, "
+                        "two levels above the checkpoint)")
+    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+                        help="overrides, same keys and TOML syntax as flwr run --run-config, "
+                        "e.g. \"inference.repeats=5 inference.protocols.realistic."
+                        "drift_compensation=false\"")
+    parser.add_argument("--model-index", type=int, metavar="K", help="fusion off: evaluate "
+                        "only noise level K's model of the round")
+    parser.add_argument("--out", help="output folder (default: <run>/infer/<checkpoint "
+                        "name>/)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the n_w sweep")
+    parser.set_defaults(handler=run_infer)
+
+
+# --- ablate ---------------------------------------------------------------------------------
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'")
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+
+    from . import ablation
+
+    console = Console(width=160, markup=False, highlight=False)
+    overrides = parse_run_config(args.run_config)
+    conf = {CONF_KEY: str(Path(args.conf).expanduser().resolve())} if args.conf else {}
+    cfg = resolve(conf | overrides)
+    names = [a.strip() for a in args.arms.split(",")] if args.arms else list(ablation.ARM_NAMES)
+    unknown = [n for n in names if n not in ablation.ARM_NAMES]
+    if unknown:
+        raise CliError(f"--arms: unknown arm(s) {unknown}; known: "
+                       f"{', '.join(ablation.ARM_NAMES)}")
+    if "hwa_compute" in names and "msnat" not in names:
+        raise CliError("--arms: 'hwa_compute' matches the compute of the 'msnat' arm; add it")
+    seeds = args.seeds or [cfg["seed"]]
+    out = Path(args.out).expanduser() if args.out else (
+        Path(cfg["output.dir"]).expanduser() / f"ablation-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = out.resolve()
+    started = time.time()
+    console.print(f"Ablation: arms {names}, seeds {seeds}, {cfg['model.name']} on "
+                  f"{cfg['data.name']}, {cfg['training.rounds']} rounds x "
+                  f"{cfg['training.local_epochs']} epoch(s); results in {out}")
+
+    def progress(text: str) -> None:
+        console.print(f"[{time.time() - started:6.0f}s] {text}")
+
+    ablation.run_ablation(cfg, overrides, out, seeds, names, progress=progress)
+    console.print((out / "results.md").read_text())
+    console.print(f"Wrote {out / 'results.csv'}, {out / 'results.md'}, "
+                  f"{out / 'accuracy_vs_n_w.png'}, {out / 'accuracy_vs_drift.png'}")
+    return 0
+
+
+def add_ablate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ablate", help="vanilla vs noise injection vs MSNAT (w/o FI, w/o FL, full) vs aihwkit "
+        "HWA, all evaluated alike",
+        description="Train every arm of the ablation on the same data, seed and round/epoch "
+        "budget (the MSNAT family through flwr run, aihwkit's hardware-aware training "
+        "in-process), then evaluate every model with the same analog protocols: clean "
+        "accuracy, PCM accuracy per drift time and an n_w sweep, under the realistic and the "
+        "seed protocol. Writes results.csv, results.md and two PNG plots.",
+        epilog="example: analogai-fl ablate --seeds 1,2,3 --run-config 'training.rounds=20'")
+    parser.add_argument("--conf", help="conf YAML file (default: conf/default.yaml)")
+    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+                        help="overrides, same keys and TOML syntax as flwr run --run-config")
+    parser.add_argument("--seeds", type=_int_list, metavar="S1,S2,...",
+                        help="seeds to repeat the whole ablation with (default: the config's)")
+    parser.add_argument("--arms", metavar="A,B,...", help="subset of arms (default: all): "
+                        "vanilla, noise_injection, msnat_no_fi, msnat_no_fl, msnat, hwa, "
+                        "hwa_compute")
+    parser.add_argument("--out", help="results folder (default: <output.dir>/ablation-<time>)")
+    parser.set_defaults(handler=run_ablate)
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_infer, add_ablate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="analogai-fl", description="AnalogAI-FL tools that work without flwr run.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (CliError, ConfigError) as err:
+        print(f"analogai-fl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Evaluation speed: analog (aihwkit) vs digital evaluation, C++ tile vs torch tile, and the
+share of a default round spent in evaluation. A benchmark, not a test: run it by hand.
+
+    python benchmarks/eval_speed.py [--threads N] [--runs N] [--resnet-images N] [--no-round]
+
+1. One pass: the same images through the digital model and through its analog copy
+   (programmed, drifted to 1 h, the default `realistic` protocol with PCM and GDC), for LeNet
+   on the digits test split and ResNet-18 (`build_model("resnet18", 3, 10, 32)`) on random
+   32x32 inputs. Best of --runs.
+2. Whole evaluation: `analog.pcm_accuracy` as the ServerApp calls it (convert once, then
+   3 repeats x 4 drift times: programming, drift, compensation and a pass each) against one
+   digital pass over the same images.
+3. Default round: 5 clients x 1 local epoch of LeNet on digits with feedback loops (4 noisy
+   forwards per batch), timed in-process with `training.train_local`, against the
+   Evaluator's evaluation of the resulting model (clean test + validation + PCM 3 x 4).
+
+The machine may be shared: every figure is a minimum over runs, and the load average is
+printed with the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import TensorDataset
+
+from analogai_fl import analog, config
+from analogai_fl.data import load_data
+from analogai_fl.models import build_model
+from analogai_fl.training import LocalTraining, accuracy, train_local
+
+TILES = ("cpp", "torch")
+
+
+def best_of(runs: int, fn: Callable[[], object]) -> float:
+    """Best wall time of `runs` calls; the best process CPU time goes to CPU_TIMES."""
+    wall, cpu = [], []
+    for _ in range(runs):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    CPU_TIMES.append(min(cpu))
+    return min(wall)
+
+
+CPU_TIMES: list[float] = []  # process CPU time of each best_of, in call order
+
+
+@torch.no_grad()
+def one_pass(model: torch.nn.Module, x: torch.Tensor, batch: int) -> None:
+    for i in range(0, len(x), batch):
+        model(x[i:i + batch])
+
+
+def per_pass(model, x, proto, batch, runs) -> dict[str, float]:
+    model.eval()
+    one_pass(model, x[:batch], batch)  # warm-up
+    result = {"digital": best_of(runs, lambda: one_pass(model, x, batch))}
+    result["digital cpu"] = CPU_TIMES[-1]
+    for tile in TILES:
+        converted = analog.to_analog(model, proto | {"tile": tile})
+        converted.program_analog_weights()
+        converted.drift_analog_weights(3600.0)
+        one_pass(converted, x[:batch], batch)
+        result[tile] = best_of(runs, lambda m=converted: one_pass(m, x, batch))
+        result[f"{tile} cpu"] = CPU_TIMES[-1]
+    return result
+
+
+def whole_evaluation(model, data, proto, cfg, runs) -> dict[str, float]:
+    batch = cfg["inference.batch_size"]
+    result = {"digital": best_of(runs, lambda: accuracy(model, data, batch))}
+    for tile in TILES:
+        result[tile] = best_of(max(1, runs // 2), lambda t=tile: analog.pcm_accuracy(
+            model, data, proto | {"tile": t}, cfg["inference.drift_times"],
+            cfg["inference.repeats"], seed=0, batch_size=batch))
+    return result
+
+
+def default_round(cfg, runs) -> dict[str, float]:
+    data = load_data(cfg)
+    torch.manual_seed(cfg["seed"])
+    global_model = build_model(cfg["model.name"], data.in_channels, data.num_classes,
+                               data.image_size)
+    started = time.perf_counter()
+    for k, sigma in enumerate(config.noise_levels(cfg)):
+        setting = LocalTraining.from_config(cfg, sigma, cfg["training.proximal_mu"], k)
+        train_local(copy.deepcopy(global_model), data.train, setting, seed=k)
+    result = {"train": time.perf_counter() - started}
+    batch, proto = cfg["inference.batch_size"], config.protocol(cfg)
+
+    def evaluate(tile: str) -> None:
+        accuracy(global_model, data.test, batch)
+        accuracy(global_model, data.val, batch)
+        analog.pcm_accuracy(global_model, data.test, proto | {"tile": tile},
+                            cfg["inference.drift_times"], cfg["inference.repeats"], seed=1,
+                            batch_size=batch)
+
+    for tile in TILES:
+        result[tile] = best_of(max(1, runs // 2), lambda t=tile: evaluate(t))
+    return result
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--runs", type=int, default=3, help="best of N runs per figure")
+    parser.add_argument("--resnet-images", type=int, default=32)
+    parser.add_argument("--no-round", action="store_true", help="skip the default round")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console = Console(width=140, markup=False, highlight=False)
+    cfg = config.defaults()
+    proto = config.protocol(cfg)
+    batch = cfg["inference.batch_size"]
+    digits = load_data(cfg)
+    torch.manual_seed(0)
+    lenet = build_model("lenet", 1, 10, 32).eval()
+    resnet = build_model("resnet18", 3, 10, 32).eval()
+    images = torch.randn(args.resnet_images, 3, 32, 32)
+    random_set = TensorDataset(images, torch.randint(0, 10, (args.resnet_images,)))
+    cases = [("LeNet, digits test", lenet, digits.test),
+             ("ResNet-18, random 32x32", resnet, random_set)]
+
+    passes = Table(title="One pass over the same images (wall s, best of runs): analog / "
+                         "digital; the ratio of process CPU times in brackets")
+    for column in ("model", "images", "digital", "C++ tile", "ratio", "torch tile", "ratio"):
+        passes.add_column(column, justify="left" if column == "model" else "right")
+    whole = Table(title=f"Whole analog evaluation ({cfg['inference.repeats']} repeats x "
+                        f"{len(cfg['inference.drift_times'])} drift times, incl. conversion, "
+                        "programming, drift, GDC) vs one digital pass (s)")
+    for column in ("model", "digital pass", "C++ tile", "ratio", "torch tile", "ratio"):
+        whole.add_column(column, justify="left" if column == "model" else "right")
+    for name, model, data in cases:
+        x = data.tensors[0]
+        p = per_pass(model, x, proto, batch, args.runs)
+        passes.add_row(name, str(len(x)), f"{p['digital']:.3f}", f"{p['cpp']:.3f}",
+                       f"{ratio(p['cpp'], p['digital'])} "
+                       f"({ratio(p['cpp cpu'], p['digital cpu'])})", f"{p['torch']:.3f}",
+                       f"{ratio(p['torch'], p['digital'])} "
+                       f"({ratio(p['torch cpu'], p['digital cpu'])})")
+        w = whole_evaluation(model, data, proto, cfg, args.runs)
+        whole.add_row(name, f"{w['digital']:.3f}", f"{w['cpp']:.2f}",
+                      ratio(w["cpp"], w["digital"]), f"{w['torch']:.2f}",
+                      ratio(w["torch"], w["digital"]))
+    console.print(passes)
+    console.print(whole)
+    if not args.no_round:
+        r = default_round(cfg, args.runs)
+        share = Table(title="Default round: 5 clients x 1 epoch LeNet/digits with feedback loops"
+                            " vs the Evaluator's evaluation (clean test + val + PCM 3 x 4)")
+        for column in ("tile", "training (s)", "evaluation (s)", "share of round"):
+            share.add_column(column, justify="right")
+        for tile in TILES:
+            share.add_row(tile, f"{r['train']:.2f}", f"{r[tile]:.2f}",
+                          f"{100 * r[tile] / (r['train'] + r[tile]):.0f}%")
+        console.print(share)
+    console.print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load "
+                  f"average {os.getloadavg()[0]:.2f} (the machine may be shared), protocol "
+                  f"{proto['name']}, device {proto['device']}, batch {batch}")
+
+
+if __name__ == "__main__":
+    main()
