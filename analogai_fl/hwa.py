@@ -1,0 +1,198 @@
+"""aihwkit's hardware-aware training (HWA): the industry-baseline arm of the ablation.
+
+The project's plain model is converted to analog with an `InferenceRPUConfig` that injects
+noise while training (Gaussian weight modifier redrawn every batch, output noise, DAC/ADC
+quantisation, weights scaled to the tile's range and clipped) and trained with aihwkit's
+`AnalogSGD`. This is the recipe of aihwkit's hardware-aware-training examples; of
+`aihwkit.simulator.presets.StandardHWATrainingPreset` it takes the weight scaling omega 1.0,
+the fixed clip 1.0, the output noise 0.04 and the 8-bit converters (254 steps), but not its
+learned input ranges and learned output scales (a plain digital model cannot carry them, and
+the project's evaluator does not use them), its PCM read noise while training, or its
+column-wise scaling (the evaluation protocols scale per tensor). Every number is a key.
+
+Tiles (`ablation.hwa.tile`): the default is aihwkit's C++ tile (`InferenceRPUConfig`), the
+tile of its HWA examples. Model init and batch order are seeded, but the C++ tile's noise
+generator cannot be seeded from Python, so two runs differ slightly. The pure-torch tile
+(`TorchInferenceRPUConfig`) draws all noise from torch's RNG (runs repeat exactly) and runs on
+a GPU. The two do not train alike: with every noise source off, the torch tile follows
+digital SGD to 1e-7, while the C++ tile's updates depart from it once its iterative bound
+management is active (layer outputs beyond `forward.out_bound`); the C++ tile then trains
+more slowly (final train loss ~0.4 vs ~0.01 on LeNet/digits, 20 epochs); its models held
+0.6 points more accuracy on average, clean and on PCM (3 seeds, within seed noise).
+
+The trained model is brought back to a plain digital model of exactly `build_model`'s
+structure, BEFORE any program/drift call on the analog tiles (converting after a PCM
+evaluation loop gave chance accuracy), so that `analog.pcm_accuracy` evaluates every arm of
+the ablation with the same protocol. The weights are read from the tiles with the digital
+weight scaling applied (`get_weights`) into a fresh `build_model`, rather than with
+`convert_to_digital`, so that the result is exactly the project's class and structure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from aihwkit.nn.conversion import convert_to_analog
+from aihwkit.optim import AnalogSGD
+from aihwkit.simulator.configs import (InferenceRPUConfig, TorchInferenceRPUConfig,
+                                       WeightClipType, WeightModifierType)
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import Splits
+from .models import build_model, merge_grouped_convs, split_grouped_convs
+from .noise import NOISY_LAYERS
+
+PREFIX = "ablation.hwa."
+
+
+
+def _resolution(bits: int) -> float:
+    """aihwkit's step size for a converter of `bits` bits; -1 = no quantisation."""
+    return 1.0 / (2**bits - 2) if bits > 0 else -1.0
+
+
+def rpu_config(cfg: Mapping[str, Any]) -> InferenceRPUConfig | TorchInferenceRPUConfig:
+    """The noisy training tile of the HWA recipe, every setting from `cfg`."""
+    tile = cfg[f"{PREFIX}tile"]
+    rpu = InferenceRPUConfig() if tile == "cpp" else TorchInferenceRPUConfig()
+    rpu.mapping.weight_scaling_omega = cfg[f"{PREFIX}weight_scaling_omega"]
+    rpu.mapping.weight_scaling_columnwise = cfg[f"{PREFIX}weight_scaling_columnwise"]
+    rpu.mapping.digital_bias = True
+    rpu.mapping.learn_out_scaling = False
+    rpu.forward.out_noise = cfg[f"{PREFIX}out_noise"]
+    rpu.forward.inp_res = _resolution(cfg[f"{PREFIX}dac_bits"])
+    rpu.forward.out_res = _resolution(cfg[f"{PREFIX}adc_bits"])
+    std = cfg[f"{PREFIX}modifier_std"]
+    rpu.modifier.type = WeightModifierType.ADD_NORMAL if std > 0 else WeightModifierType.NONE
+    rpu.modifier.std_dev = std
+    rpu.modifier.rel_to_actual_wmax = True
+    rpu.modifier.enable_during_test = False
+    clip = cfg[f"{PREFIX}clip"]
+    if clip > 0:
+        rpu.clip.type = WeightClipType.FIXED_VALUE
+        rpu.clip.fixed_value = clip
+    else:
+        rpu.clip.type = WeightClipType.NONE
+    return rpu
+
+
+def _n_digital_layers(model: nn.Module) -> int:
+    return sum(isinstance(m, NOISY_LAYERS) for m in model.modules())
+
+
+def to_analog_trainable(model: nn.Module, cfg: Mapping[str, Any],
+                        device: torch.device | str = "cpu") -> nn.Module:
+    """Analog copy of `model` with the HWA training tile; raises if a layer stayed digital."""
+    if cfg[f"{PREFIX}tile"] == "cpp" and torch.device(device).type != "cpu":
+        raise ValueError(f"key '{PREFIX}tile' = 'cpp' runs on the CPU only (the registry's "
+                         f"aihwkit wheel has no CUDA tiles); use 'torch' on {device}")
+    model = split_grouped_convs(model)  # aihwkit refuses groups != 1: one tile per group
+    analog = convert_to_analog(model, rpu_config(cfg))  # a deep copy
+    converted = len(list(analog.analog_layers()))
+    if converted != _n_digital_layers(model):
+        raise RuntimeError(f"aihwkit converted {converted} of {_n_digital_layers(model)} "
+                           "Conv/Linear layers; use plain nn.Conv2d/nn.Linear")
+    return analog.to(device)
+
+
+@torch.no_grad()
+def to_digital(analog: nn.Module, template: nn.Module) -> nn.Module:
+    """A plain copy of `template`'s class and structure holding `analog`'s logical weights.
+
+    Reads every analog layer's weights with the digital weight scaling applied (the weights
+    the layer computes with) and its digital bias; all other parameters and buffers
+    (BatchNorm, ...) are copied by name. Call it before any program/drift on `analog`.
+    """
+    digital = template  # filled in place; the caller passes a fresh build_model
+    target = digital.state_dict()
+    filled: set[str] = set()
+    for name, layer in analog.named_analog_layers():
+        weight, bias = layer.get_weights(apply_weight_scaling=True)
+        prefix = f"{name}." if name else ""
+        w_key = f"{prefix}weight"
+        target[w_key].copy_(weight.reshape(target[w_key].shape))
+        filled.add(w_key)
+        if bias is not None:
+            target[f"{prefix}bias"].copy_(bias.reshape(target[f"{prefix}bias"].shape))
+            filled.add(f"{prefix}bias")
+    for key, value in analog.state_dict().items():
+        if key in target and key not in filled:
+            target[key].copy_(value)
+            filled.add(key)
+    missing = set(target) - filled
+    if missing:
+        raise RuntimeError(f"no value for {sorted(missing)} in the analog model")
+    digital.load_state_dict(target)
+    return digital.cpu().eval()
+
+
+def train_analog(cfg: Mapping[str, Any], data: Splits, epochs: int, seed: int,
+                 device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """HWA training of a fresh `build_model` (init seeded with `seed`); returns the ANALOG
+    model (train mode left on) and the training statistics."""
+    if epochs < 1:
+        raise ValueError(f"HWA training needs at least one epoch, got {epochs}")
+    start, cpu_start = time.perf_counter(), time.process_time()
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()
+            ] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seeded draws, caller's RNG untouched
+        torch.manual_seed(seed)
+        model = build_model(cfg["model.name"], data.in_channels, data.num_classes,
+                            data.image_size)
+        analog = to_analog_trainable(model, cfg, device)
+        optimizer = AnalogSGD(analog.parameters(), lr=cfg[f"{PREFIX}lr"],
+                              momentum=cfg[f"{PREFIX}momentum"])
+        optimizer.regroup_param_groups(analog)
+        loader = DataLoader(data.train, batch_size=cfg[f"{PREFIX}batch_size"], shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        analog.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for _ in range(epochs):
+            loss_sum, correct, seen = 0.0, 0, 0  # statistics of the last epoch
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                logits = analog(x)  # noisy: weight modifier, output noise, DAC/ADC
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()  # also clips the tile weights
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+    examples = len(data.train)
+    stats = {
+        "method": "hwa",
+        "tile": cfg[f"{PREFIX}tile"],
+        "epochs": epochs,
+        "train_examples": examples,
+        # one noisy forward + one backward per example per epoch, no extra passes
+        "sample_gradients": examples * epochs,
+        "forward_passes": examples * epochs,
+        # last epoch, measured on the noisy training-mode passes
+        "train_loss": loss_sum / seen,
+        "train_acc": correct / seen,
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu_start,  # this process's CPU time, all threads
+    }
+    return analog, stats
+
+
+def train_hwa(cfg: Mapping[str, Any], data: Splits, epochs: int, seed: int,
+              device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """aihwkit HWA training; returns a plain digital `build_model` with the trained weights
+    (on CPU, eval mode) and the statistics (wall_s includes the conversion back)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    analog, stats = train_analog(cfg, data, epochs, seed, device)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
+        template = build_model(cfg["model.name"], data.in_channels, data.num_classes,
+                               data.image_size)
+    digital = merge_grouped_convs(to_digital(analog, split_grouped_convs(template))).eval()
+    stats["wall_s"] = time.perf_counter() - start
+    stats["cpu_s"] = time.process_time() - cpu_start
+    return digital, stats

@@ -1,0 +1,72 @@
+"""Run the project through Flower's own CLI (`flwr run`), as a user would, and judge the run
+by its status: `flwr run --stream` exits 0 even when the ServerApp raised."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import PROJECT_DIR
+
+BIN = Path(sys.executable).parent
+
+
+class RunFailed(RuntimeError):
+    """A `flwr run` that did not finish as completed; the message ends with its log."""
+
+
+def run_config_string(overrides: Mapping[str, Any]) -> str:
+    """`--run-config` text (TOML values) for flat overrides: strings quoted, lists as the
+    comma-separated strings the config accepts."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, (list, tuple)):
+            v = ",".join(f"{x:g}" for x in v)
+        if isinstance(v, str):
+            if "'" in v:
+                raise ValueError(f"a run-config value cannot contain a single quote: {v!r}")
+            return f"'{v}'"
+        return repr(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in overrides.items())
+
+
+def flwr_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment `flwr` needs: this venv first on PATH, and no per-run dependency
+    install (a pinned torch would be downloaded for every run)."""
+    return os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"} | dict(extra or {})
+
+
+def flwr_run(run_config: str, env: Mapping[str, str] | None = None,
+             timeout: float = 3600) -> tuple[str, str]:
+    """(status, log) of `flwr run <project> --stream --run-config run_config`; status is
+    Flower's, e.g. 'finished:completed' or 'finished:failed'."""
+    env = dict(env or flwr_env())
+    done = subprocess.run([BIN / "flwr", "run", str(PROJECT_DIR), "--stream", "--run-config",
+                           run_config], cwd=PROJECT_DIR, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    log = done.stdout + done.stderr
+    started = re.search(r"Successfully started run (\d+)", log)
+    if not started:
+        raise RunFailed(f"flwr run did not start a run (exit {done.returncode}):\n{log}")
+    listed = subprocess.run([BIN / "flwr", "ls", "--run-id", started.group(1), "--format",
+                             "json"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                            timeout=120)
+    return json.loads(listed.stdout)["runs"][0]["status"], log
+
+
+def completed_run(run_config: str, env: Mapping[str, str] | None = None,
+                  timeout: float = 3600) -> str:
+    """Log of a run that must complete; RunFailed (with the log's tail) otherwise."""
+    status, log = flwr_run(run_config, env, timeout)
+    if status != "finished:completed":
+        raise RunFailed(f"flwr run {status}:\n{log[-6000:]}")
+    return log

@@ -1,0 +1,158 @@
+"""aihwkit hardware-aware training (HWA) baseline: real aihwkit tiles, no mocks."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from aihwkit.nn.modules.base import AnalogLayerBase
+from aihwkit.simulator.configs import (InferenceRPUConfig, TorchInferenceRPUConfig,
+                                       WeightModifierType)
+
+from analogai_fl import config, hwa
+from analogai_fl.models import build_model
+from analogai_fl.training import accuracy
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def hwa_cfg() -> dict:
+    return config.defaults()
+
+
+@pytest.fixture(scope="module")
+def trained(hwa_cfg, digits):
+    """One short HWA run: the analog model, its statistics and the digital copy."""
+    analog, stats = hwa.train_analog(hwa_cfg, digits, EPOCHS, seed=0)
+    plain = build_model(hwa_cfg["model.name"], digits.in_channels, digits.num_classes,
+                        digits.image_size)
+    digital = hwa.to_digital(analog, plain)
+    return analog, stats, digital
+
+
+def _perfect(analog: torch.nn.Module) -> torch.nn.Module:
+    """The analog model with an ideal forward (no noise, no quantisation), same weights."""
+    clone = copy.deepcopy(analog)
+    ideal = copy.deepcopy(next(clone.analog_tiles()).rpu_config)
+    ideal.forward.is_perfect = True
+    clone.replace_rpu_config(ideal)
+    return clone.eval()
+
+
+def test_round_trip_keeps_accuracy(trained, digits):
+    analog, _, digital = trained
+    analog_acc = accuracy(analog, digits.test)  # eval mode: no weight modifier
+    digital_acc = accuracy(digital, digits.test)
+    assert digital_acc > 0.5  # far above chance (0.1) after 3 epochs
+    # realistic analog forward (8-bit DAC/ADC, output noise) vs the clean digital copy
+    assert abs(analog_acc - digital_acc) <= 0.03, (analog_acc, digital_acc)
+    # ideal analog forward: the very same function as the digital copy
+    x = digits.test.tensors[0]
+    with torch.no_grad():
+        ideal_logits = _perfect(analog)(x)
+        digital_logits = digital(x)
+    torch.testing.assert_close(ideal_logits, digital_logits, rtol=1e-4, atol=1e-4)
+    assert accuracy(_perfect(analog), digits.test) == digital_acc
+
+
+def test_returns_plain_model_of_build_model_structure(hwa_cfg, digits, trained):
+    _, _, digital = trained
+    reference = build_model(hwa_cfg["model.name"], digits.in_channels, digits.num_classes,
+                            digits.image_size)
+    assert type(digital) is type(reference)
+    assert [type(m) for m in digital.modules()] == [type(m) for m in reference.modules()]
+    ours, theirs = digital.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+    assert not any(isinstance(m, AnalogLayerBase) or "aihwkit" in type(m).__module__
+                   for m in digital.modules())
+    assert not digital.training
+    assert all(p.device.type == "cpu" for p in digital.parameters())
+
+
+def test_training_injects_weight_noise(hwa_cfg, trained, digits, lenet):
+    analog, _, _ = trained
+    tiles = list(analog.analog_tiles())
+    assert len(tiles) == len(list(analog.analog_layers())) == 5
+    for tile in tiles:
+        assert type(tile.rpu_config) is InferenceRPUConfig  # the default: aihwkit's C++ tile
+        assert tile.rpu_config.modifier.type == WeightModifierType.ADD_NORMAL
+        assert tile.rpu_config.modifier.std_dev == hwa_cfg["ablation.hwa.modifier_std"]
+        assert tile.rpu_config.forward.out_noise == hwa_cfg["ablation.hwa.out_noise"]
+    # without output noise and converters, only the weight modifier is random: it acts in
+    # training mode, with a fresh draw every mini-batch (aihwkit's C++ tile draws it in
+    # post_update_step, which AnalogSGD.step calls after each update), never in eval mode
+    quiet = hwa_cfg | {"ablation.hwa.out_noise": 0.0, "ablation.hwa.dac_bits": 0,
+                       "ablation.hwa.adc_bits": 0}
+    model = hwa.to_analog_trainable(lenet, quiet)
+    x = digits.test.tensors[0][:32]
+
+    def next_batch() -> torch.Tensor:
+        for tile in model.analog_tiles():
+            tile.post_update_step()
+        model.train()
+        return model(x)
+
+    with torch.no_grad():
+        model.eval()
+        clean = model(x)
+        assert torch.equal(model(x), clean)
+        first, second = next_batch(), next_batch()
+        model.eval()
+        assert torch.equal(model(x), clean)
+    for noisy in (first, second):
+        assert (noisy - clean).abs().max() > 1e-3
+    assert (first - second).abs().max() > 1e-3
+
+
+def test_stats(digits, trained):
+    _, stats, _ = trained
+    n = len(digits.train)
+    assert stats["method"] == "hwa" and stats["tile"] == "cpp"
+    assert stats["epochs"] == EPOCHS and stats["train_examples"] == n
+    assert stats["sample_gradients"] == n * EPOCHS == stats["forward_passes"]
+    assert stats["wall_s"] > 0 and stats["cpu_s"] > 0
+    assert 0.5 < stats["train_acc"] <= 1 and 0 < stats["train_loss"] < 2.3
+
+
+def test_seeded_runs_repeat_and_leave_the_rng_alone(hwa_cfg, digits):
+    """The torch tile draws its noise from torch's RNG: a seed repeats a run exactly."""
+    hwa_cfg = hwa_cfg | {"ablation.hwa.tile": "torch"}
+    small = dataclasses.replace(digits, train=torch.utils.data.TensorDataset(
+        *(t[:192] for t in digits.train.tensors)))
+    state = torch.random.get_rng_state()
+    first, stats1 = hwa.train_hwa(hwa_cfg, small, 1, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    second, stats2 = hwa.train_hwa(hwa_cfg, small, 1, seed=3)
+    other, _ = hwa.train_hwa(hwa_cfg, small, 1, seed=4)
+    assert stats1["train_loss"] == stats2["train_loss"]
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+    assert any(not torch.equal(v, other.state_dict()[k]) for k, v in first.state_dict().items())
+    with pytest.raises(ValueError, match="epoch"):
+        hwa.train_hwa(hwa_cfg, small, 0, seed=3)
+
+
+def test_rejects_cpp_tile_on_gpu_and_unknown_tile(hwa_cfg, lenet):
+    with pytest.raises(ValueError, match="cpp"):
+        hwa.to_analog_trainable(lenet, hwa_cfg | {"ablation.hwa.tile": "cpp"}, "cuda")
+    with pytest.raises(ValueError, match="tile"):
+        hwa.rpu_config(hwa_cfg | {"ablation.hwa.tile": "gpu"})
+
+
+def test_torch_tile_trains_and_converts(hwa_cfg, digits):
+    """The pure-torch tile (the one that runs on a GPU): one epoch, the same round trip."""
+    cfg = hwa_cfg | {"ablation.hwa.tile": "torch"}
+    small = dataclasses.replace(digits, train=torch.utils.data.TensorDataset(
+        *(t[:256] for t in digits.train.tensors)))
+    analog, stats = hwa.train_analog(cfg, small, 1, seed=0)
+    assert stats["tile"] == "torch" and stats["sample_gradients"] == 256
+    assert all(type(t.rpu_config) is TorchInferenceRPUConfig for t in analog.analog_tiles())
+    digital = hwa.to_digital(analog, build_model(cfg["model.name"], digits.in_channels,
+                                                 digits.num_classes, digits.image_size))
+    x = digits.test.tensors[0]
+    with torch.no_grad():
+        torch.testing.assert_close(_perfect(analog)(x), digital(x), rtol=1e-4, atol=1e-4)
