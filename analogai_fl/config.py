@@ -28,7 +28,7 @@ CONF_KEY = "conf"
 DEFAULT_CONF = "conf/default.yaml"
 UNSET = ""
 MAX_NOISE_LEVELS = 10
-DEVICES = ("PCM",)
+DEVICES = ("PCM", "ReRAM", "ideal")
 PROTOCOLS = ("realistic", "seed")
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 MODEL_NAMES = ("lenet", "mlp", "vgg8", "resnet18", "mobilenetv2")
@@ -89,29 +89,34 @@ def _run_keys() -> dict[str, Key]:
 
 def _data_keys() -> dict[str, Key]:
     return {
-        "data.name": Key("digits", "data set (digits ships with scikit-learn; the others are "
-                         "torchvision's)", choices=DATASETS),
+        "data.name": Key("digits", "data set: digits (scikit-learn's, offline) or one of "
+                         "torchvision's, read from data.root; images are normalised per "
+                         "channel with the training split's mean and std", choices=DATASETS),
         "data.root": Key("~/.cache/analogai-fl/data", "folder holding the torchvision data "
-                         "sets (each in its usual sub-folder)"),
+                         "sets in torchvision's layout (MNIST/raw, FashionMNIST/raw, "
+                         "cifar-10-batches-py, cifar-100-python; SVHN's train_32x32.mat and "
+                         "test_32x32.mat directly in it); ~ is expanded"),
         "data.download": Key(True, "download a missing torchvision data set into data.root "
-                             "(once, by the server, before any client starts)"),
+                             "(once, by the server, before any client starts); false: a "
+                             "missing set stops the run with an error naming the folder"),
         "data.augment": Key(True, "training-split augmentation: random crop (padding 4 at 32 "
                             "px) for all torchvision sets, plus horizontal flips for CIFAR; "
-                            "digits: none"),
+                            "digits: none; never on validation or test"),
         "data.val_fraction": Key(0.1, "share of the training images held out for validation "
-                                 "(model selection); digits: share of all images",
-                                 minimum=0.0, above_minimum=True),
+                                 "(model selection; stratified, seeded); digits: share of all "
+                                 "images", minimum=0.0, above_minimum=True),
         "data.test_fraction": Key(0.2, "digits only: share of all images held out for the "
                                   "test split (the others have an official test split)",
                                   minimum=0.0, above_minimum=True),
         "data.image_size": Key(32, "images are resized to this side (digits' 8x8 and MNIST's "
                                "28x28 are upsampled)", minimum=8),
-        "data.max_train_examples": Key(0, "use only the first N training images after the "
-                                       "validation split (0 = all); for quick trials",
-                                       minimum=0),
+        "data.max_train_examples": Key(0, "keep only N training images, a seeded random "
+                                       "choice made after the validation split is carved "
+                                       "(0 = all); for quick trials", minimum=0),
         "data.partition": Key("full", "how the training split is shared among the K clients: "
                               "full (each sees all of it: MSNAT), iid shards, or dirichlet "
-                              "label skew", choices=("full", "iid", "dirichlet")),
+                              "label skew (Flower Datasets' partitioners, seeded by seed)",
+                              choices=("full", "iid", "dirichlet")),
         "data.alpha": Key(0.5, "Dirichlet concentration for data.partition=dirichlet (smaller "
                           "= more skewed)", minimum=0.0, above_minimum=True),
     }
@@ -228,20 +233,69 @@ def _inference_keys() -> dict[str, Key]:
         "inference.platform.aihwkit.use": Key(True, "evaluate the global model on simulated "
                                               "analog hardware each round (alias: "
                                               "inference.platform.aihwkit)"),
-        "inference.platform.aihwkit.device": Key("PCM", "device noise model", choices=DEVICES),
+        "inference.platform.aihwkit.device": Key(
+            "PCM", "device noise model: PCM (aihwkit PCMLikeNoiseModel: programming noise, "
+            "drift, 1/f read noise), ReRAM (ReRamWan2022NoiseModel: measured programming and "
+            "relaxation noise at 1 s, 1 d, 2 d only), ideal (no device noise or drift: only "
+            "the protocol's forward settings and n_w)", choices=DEVICES),
         "inference.platform.aihwkit.n_w": Key(0.0, "additive weight noise at every MVM "
                                               "(forward.w_noise, normalised units)", minimum=0.0),
+        "inference.tile": Key("torch", "aihwkit tile: torch (TorchInferenceRPUConfig running "
+                              "analog.CppMatchingTorchMVM: the C++ tile's per-vector bound "
+                              "management and n_w, every draw seeded, faster on large "
+                              "layers) or cpp (InferenceRPUConfig, aihwkit's C++ tile)",
+                              choices=("torch", "cpp")),
         "inference.protocol": Key("realistic", "evaluation protocol (settings below)",
                                   choices=PROTOCOLS),
         **_protocol_keys("realistic", 1.0, False, 8, 8, 0.04,
                          "realistic (aihwkit HWA setting)"),
         **_protocol_keys("seed", 0.0, False, 7, 0, 0.06, "seed (earlier figure's harsh setting)"),
+        "inference.reram.noise_scale": Key(1.0, "ReRAM: scale of ReRamWan2022NoiseModel's "
+                                           "fitted conductance noise (g_max fixed at the "
+                                           "fit's 40 uS)", minimum=0.0),
         "inference.repeats": Key(3, "Monte-Carlo repeats, fresh programming noise each",
                                  minimum=1),
         "inference.drift_times": Key([1.0, 3600.0, 86400.0, 31536000.0],
-                                     "drift times in seconds after programming"),
+                                     "drift times in seconds after programming (ReRAM: a "
+                                     "subset of 1, 86400, 172800)"),
+        "inference.n_w_sweep": Key([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+                                   "n_w values of the n_w sweep (analogai-fl infer, ablation)",
+                                   minimum=0.0),
         "inference.every": Key(1, "evaluate every N rounds (the last round always)", minimum=1),
         "inference.batch_size": Key(512, "evaluation batch size", minimum=1),
+    }
+
+
+def _ablation_keys() -> dict[str, Key]:
+    h = "ablation.hwa"
+    return {
+        "ablation.single_sigma": Key(None, "sigma of the single-noise-injection arm (null = "
+                                     "the median of the MSNAT levels)", minimum=0.0,
+                                     nullable=True, kind=float),
+        "ablation.n_w_columns": Key([0.1, 0.2], "n_w values shown as columns of the ablation "
+                                    "table (each must be in inference.n_w_sweep)", minimum=0.0),
+        f"{h}.lr": Key(0.05, "HWA baseline: AnalogSGD learning rate", minimum=0.0,
+                       above_minimum=True),
+        f"{h}.momentum": Key(0.9, "HWA baseline: AnalogSGD momentum", minimum=0.0),
+        f"{h}.batch_size": Key(64, "HWA baseline: training batch size", minimum=1),
+        f"{h}.modifier_std": Key(0.06, "HWA baseline: std of the additive Gaussian weight "
+                                 "noise (aihwkit modifier ADD_NORMAL) drawn per batch, "
+                                 "relative to the tile's max|W| (0 = none)", minimum=0.0),
+        f"{h}.out_noise": Key(0.04, "HWA baseline: Gaussian output noise std while training",
+                              minimum=0.0),
+        f"{h}.weight_scaling_omega": Key(1.0, "HWA baseline: max|W| maps to this value on the "
+                                         "tile (0 = no scaling)", minimum=0.0),
+        f"{h}.weight_scaling_columnwise": Key(False, "HWA baseline: scale each output column "
+                                              "separately"),
+        f"{h}.clip": Key(1.0, "HWA baseline: tile weights clipped to +-clip after every step "
+                         "(0 = no clipping)", minimum=0.0),
+        f"{h}.dac_bits": Key(8, "HWA baseline: input DAC bits while training (0 = ideal)",
+                             minimum=0),
+        f"{h}.adc_bits": Key(8, "HWA baseline: output ADC bits while training (0 = ideal)",
+                             minimum=0),
+        f"{h}.tile": Key("cpp", "HWA baseline: tile to train on: cpp (aihwkit's HWA examples; "
+                         "CPU only, noise not seedable) or torch (seeded, CPU or GPU)",
+                         choices=("cpp", "torch")),
     }
 
 
@@ -258,7 +312,7 @@ def _output_keys() -> dict[str, Key]:
 
 def _build_schema() -> dict[str, Key]:
     return (_run_keys() | _data_keys() | _model_keys() | _training_keys() | _strategy_keys()
-            | _recovery_keys() | _inference_keys() | _output_keys())
+            | _recovery_keys() | _inference_keys() | _ablation_keys() | _output_keys())
 
 
 SCHEMA: dict[str, Key] = _build_schema()
@@ -394,6 +448,27 @@ def resolve(run_config: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def parse_run_config(text: str) -> dict[str, Any]:
+    """Flat overrides from a `--run-config` string ("key=value key=value", TOML values),
+    parsed by Flower's own parser exactly as `flwr run . --run-config` parses it."""
+    import re
+
+    import click
+    from flwr.common.config import parse_config_args
+
+    pairs = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")  # Flower's pattern, to find
+    leftover = pairs.sub("", text).strip()                   # what it would silently skip
+    if leftover:
+        raise ConfigError(f"--run-config: cannot parse '{leftover}': expected space-separated "
+                          "key=value pairs with TOML values, e.g. \"inference.repeats=5 "
+                          "inference.platform.aihwkit.device='ReRAM'\"")
+    try:
+        return parse_config_args([text])
+    except (click.ClickException, ValueError) as err:
+        message = err.message if isinstance(err, click.ClickException) else str(err)
+        raise ConfigError(f"--run-config: {message}") from None
+
+
 def validate(cfg: Mapping[str, Any], typed_keys: set[str] = frozenset()) -> None:
     """Checks that span several keys; single keys were checked while loading.
 
@@ -413,6 +488,13 @@ def validate(cfg: Mapping[str, Any], typed_keys: set[str] = frozenset()) -> None
             raise ConfigError(f"key '{name}' is set but training.client_num_in_total is "
                               f"{k_total}, so only noise_0 .. noise_{k_total - 1} are used; "
                               "raise client_num_in_total or remove the key")
+    if not cfg["training.use_fl"] and cfg["strategy.name"] != "msnat":
+        raise ConfigError(f"key 'training.use_fl' is false (K independent models, nothing to "
+                          f"aggregate) but strategy.name is '{cfg['strategy.name']}': "
+                          "FI off runs only with strategy.name=msnat")
+    if cfg["recovery.adversarial.FGSM.use"] and cfg["recovery.adversarial.PGD.use"]:
+        raise ConfigError("keys 'recovery.adversarial.FGSM.use' and "
+                          "'recovery.adversarial.PGD.use' are both true: choose one attack")
     if len(cfg["training.feedback.offsets"]) != len(cfg["training.feedback.weights"]):
         raise ConfigError("keys 'training.feedback.offsets' and 'training.feedback.weights' "
                           "expect lists of the same length")
@@ -428,12 +510,25 @@ def noise_levels(cfg: Mapping[str, Any]) -> list[float]:
 
 
 def protocol(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The named evaluation protocol with all its settings (recorded with every result)."""
+    """The named evaluation protocol with all its settings (recorded with every result):
+    forward settings of the named protocol, device model (with its own settings), tile."""
     name = cfg["inference.protocol"]
     prefix = f"inference.protocols.{name}."
     settings = {k[len(prefix):]: v for k, v in cfg.items() if k.startswith(prefix)}
-    return {"name": name, "device": cfg["inference.platform.aihwkit.device"],
-            "n_w": cfg["inference.platform.aihwkit.n_w"], **settings}
+    device = cfg["inference.platform.aihwkit.device"]
+    result = {"name": name, "device": device, "tile": cfg["inference.tile"],
+              "n_w": cfg["inference.platform.aihwkit.n_w"], **settings}
+    if device == "ReRAM":
+        fitted = (1.0, 86400.0, 172800.0)  # ReRamWan2022NoiseModel's measured times (s)
+        unsupported = [t for t in cfg["inference.drift_times"] if t not in fitted]
+        if unsupported:
+            raise ConfigError(
+                f"key 'inference.drift_times' expects times among "
+                f"{', '.join(f'{t:g}' for t in fitted)} s with device ReRAM (its "
+                f"noise model is fitted there only), got {', '.join(f'{t:g}' for t in unsupported)}"
+                f"; e.g. inference.drift_times='1,86400,172800'")
+        result["reram_noise_scale"] = cfg["inference.reram.noise_scale"]
+    return result
 
 
 def dump_yaml(cfg: Mapping[str, Any]) -> str:

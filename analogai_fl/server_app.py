@@ -19,9 +19,10 @@ from strategies.msnat import join_models, split_models
 
 from .analog import pcm_accuracy
 from .config import ConfigError, dump_yaml, noise_levels, protocol, resolve
-from .data import Splits, load_data
+from .data import Splits, describe_partition, load_data
 from .models import build_model
 from .outputs import RunFolder
+from .recovery import deployed
 from .training import accuracy
 
 app = ServerApp()
@@ -84,6 +85,7 @@ class Evaluator:
         model = build_model(cfg["model.name"], data.in_channels, data.num_classes,
                             data.image_size)
         model.load_state_dict(state)
+        deployed(model, cfg)  # what goes onto the chip: quantised weights with QAT
         batch = cfg["inference.batch_size"]
         result: dict[str, Any] = {"clean_acc": accuracy(model, data.test, batch),
                                   "val_acc": accuracy(model, data.val, batch)}
@@ -124,7 +126,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.time()
     cfg = resolve(context.run_config)
     sigmas, fused = noise_levels(cfg), cfg["training.use_fl"]
-    data = load_data(cfg)
+    data = load_data(cfg, download=cfg["data.download"])  # before any client needs it
     if cfg["output.resume"]:
         run = RunFolder.open(cfg["output.resume"])
         found = run.last_checkpoint(len(sigmas), fused)
@@ -136,13 +138,15 @@ def main(grid: Grid, context: Context) -> None:
         run.rewind(first_round)
     else:
         run = RunFolder.create(cfg)
+        run.write_text("partition.json", json.dumps(describe_partition(data, cfg), indent=1))
         torch.manual_seed(cfg["seed"])
         model = build_model(cfg["model.name"], data.in_channels, data.num_classes,
                             data.image_size)
         first_round, states = 0, [model.state_dict()] * (1 if fused else len(sigmas))
     console.print(f"AnalogAI-FL run folder: {run.path} (rounds {first_round + 1}.."
                   f"{cfg['training.rounds']}, sigma {sigmas}, FI {fused}, "
-                  f"FL {cfg['training.use_neg']})")
+                  f"FL {cfg['training.use_neg']}, strategy {cfg['strategy.name']}, "
+                  f"{cfg['model.name']} on {cfg['data.name']} ({cfg['data.partition']}))")
 
     def log_clients(server_round: int, metrics: list[dict]) -> None:
         for m in metrics:

@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from analogai_fl.data import load_data
+from analogai_fl.data import client_dataset, load_data
 from analogai_fl.models import build_model
 from analogai_fl.training import LocalTraining, accuracy, train_local
 
@@ -33,16 +33,17 @@ def train(msg: Message, context: Context) -> Message:
     cfg = json.loads(sent[CONFIG_KEY])  # JSON bytes: Flower logs them as <bytes>
     sigma, index, server_round = float(sent["sigma"]), int(sent["noise-index"]), int(
         sent["server-round"])
-    data = load_data(cfg)
+    data = load_data(cfg)  # never downloads: the server fetched it before round 1
     model = build_model(cfg["model.name"], data.in_channels, data.num_classes, data.image_size)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    setting = LocalTraining.from_config(cfg, sigma, float(sent["proximal-mu"]))
+    setting = LocalTraining.from_config(cfg, sigma, float(sent["proximal-mu"]), index)
     seed = client_seed(cfg["seed"], server_round, index)
-    metrics = train_local(model, data.train, setting, seed, device)
+    metrics = train_local(model, client_dataset(data, cfg, index), setting, seed, device,
+                          pixel_stats=(data.mean, data.std))
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     metrics["val_acc_noisy"] = accuracy(model, data.val, cfg["inference.batch_size"], device,
-                                        sigma, setting.noise_c, noise_gen)
+                                        sigma, setting.noise_c, noise_gen, setting.weight_bits)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     reply = RecordDict({"arrays": ArrayRecord(state),
                         "metrics": MetricRecord(metrics | {"sigma": sigma, "noise-index": index})})

@@ -2,6 +2,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from analogai_fl import config
 from analogai_fl.analog import rpu_config
@@ -121,3 +122,36 @@ def test_bad_conf_files_are_named(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         resolve({"conf": str(bad)})
+
+
+PRESETS = sorted(p for p in (ROOT / "conf").glob("*.yaml") if p.name != "default.yaml")
+
+
+def test_presets_mirror_the_seed_experiments():
+    names = {p.stem for p in PRESETS}
+    for stem in ("resnet18_cifar10_client_5_noise_0.1_0.3", "vgg8_cifar10_client_5_noise_0.1_0.3",
+                 "vgg8_cifar10_client_3_noise_0.05_0.15", "lenet_mnist_client_5_noise_0.1_0.3",
+                 "mlp_mnist_client_5_noise_0.1_0.3"):
+        assert {f"{stem}_{fi}_{fl}" for fi in "TF" for fl in "TF"} <= names
+    assert {"resnet18_cifar10_client_5_noise_0.1_0.3_T_T_sam",
+            "lenet_mnist_client_5_noise_0.1_0.3_T_T_fgsm",
+            "lenet_mnist_client_5_noise_0.1_0.3_T_T_pgd"} <= names
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_preset_loads_validates_and_says_what_its_name_says(path):
+    from analogai_fl.data import TORCHVISION_SETS
+
+    cfg = resolve({"conf": str(path)})
+    arch, data, _, k, _, low, high, fi, fl, *option = path.stem.split("_")
+    assert (cfg["model.name"], cfg["data.name"]) == (arch, data)
+    sigmas = config.noise_levels(cfg)
+    assert len(sigmas) == int(k) and (min(sigmas), max(sigmas)) == (float(low), float(high))
+    assert (cfg["training.use_fl"], cfg["training.use_neg"]) == (fi == "T", fl == "T")
+    option_keys = {"sam": "recovery.optimizer.sam", "asam": "recovery.optimizer.adaptive",
+                   "fgsm": "recovery.adversarial.FGSM.use",
+                   "pgd": "recovery.adversarial.PGD.use"}
+    assert [k for k in option_keys.values() if cfg[k]] == [option_keys[o] for o in option]
+    spec = TORCHVISION_SETS[data]
+    model = MODELS[arch](spec.channels, spec.num_classes, cfg["data.image_size"]).eval()
+    assert model(torch.zeros(2, spec.channels, 32, 32)).shape == (2, spec.num_classes)

@@ -7,19 +7,17 @@ its status from `flwr ls` and by the files it wrote.
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from analogai_fl import simulation
+from analogai_fl.data import load_data
 from analogai_fl.models import build_model
+from analogai_fl.simulation import flwr_env
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 ENV: dict[str, str] = {}
 
 
@@ -28,31 +26,17 @@ def flwr_home(tmp_path_factory):
     """A private Flower home; the SuperLink started from it is stopped afterwards (one that
     was already running is used as it is and left alone)."""
     home = tmp_path_factory.mktemp("flwr_home")
-    ENV.update(os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                             "FLWR_HOME": str(home),
-                             # dependencies are installed: no per-run sync (and no network)
-                             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"})
+    ENV.update(flwr_env({"FLWR_HOME": str(home)}))
     yield home
     subprocess.run(["pkill", "-f", f"{home}/"], check=False)
 
 
 def flwr_run(run_config: str) -> tuple[str, str]:
-    """(status, log) of `flwr run . --stream --run-config run_config`."""
-    done = subprocess.run([BIN / "flwr", "run", ".", "--stream", "--run-config", run_config],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
-    log = done.stdout + done.stderr
-    started = re.search(r"Successfully started run (\d+)", log)
-    assert started, f"flwr run did not start a run (exit {done.returncode}):\n{log}"
-    listed = subprocess.run([BIN / "flwr", "ls", "--run-id", started.group(1), "--format",
-                             "json"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=120)
-    return json.loads(listed.stdout)["runs"][0]["status"], log
+    return simulation.flwr_run(run_config, ENV, timeout=900)
 
 
 def completed(run_config: str) -> str:
-    status, log = flwr_run(run_config)
-    assert status == "finished:completed", f"run {status}:\n{log[-6000:]}"
-    return log
+    return simulation.completed_run(run_config, ENV, timeout=900)
 
 
 def run_folders(parent: Path) -> list[Path]:
@@ -129,3 +113,42 @@ def test_a_failing_server_app_is_detected_and_writes_nothing(tmp_path):
     assert status == "finished:failed"
     assert "training.rounds" in log and ">= 1" in log
     assert run_folders(tmp_path) == []
+
+
+# Every built-in strategy runs one round through Flower, each with a different recovery
+# option or partition, so the options are also shown to reach the clients through the
+# strategy's train message (the client reads no file of its own).
+STRATEGY_RUNS = {
+    "fedavg": "recovery.optimizer.sam=true",
+    "fedprox": "recovery.adversarial.PGD.use=true recovery.adversarial.PGD.steps=2 "
+               "data.partition='iid'",
+    "fedavgm": "recovery.adversarial.FGSM.use=true",
+    "fedadam": "recovery.qat=true",
+    "fedyogi": "recovery.noise_1.act_inject.use=true",
+    "fedadagrad": "recovery.optimizer.adaptive=true data.partition='dirichlet' data.alpha=1.0",
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGY_RUNS))
+def test_each_strategy_runs_a_round_with_noise_levels_and_pcm(strategy, tmp_path):
+    from analogai_fl.config import resolve
+    from analogai_fl.training import LocalTraining, passes_per_example
+
+    options = STRATEGY_RUNS[strategy]
+    completed(f"strategy.name='{strategy}' {options} training.client_num_in_total=2 "
+              f"training.rounds=1 inference.repeats=1 inference.drift_times='86400' "
+              f"output.dir='{tmp_path}'")
+    (folder,) = run_folders(tmp_path)
+    cfg = resolve({"conf": str(folder / "config.yaml")})
+    assert cfg["strategy.name"] == strategy
+    record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["round"] == 1 and 0 <= record["pcm"]["1d"]["mean"] <= 1
+    clients = [json.loads(x) for x in (folder / "clients.jsonl").read_text().splitlines()]
+    assert sorted(c["sigma"] for c in clients) == [0.10, 0.15]
+    for c in clients:
+        setting = LocalTraining.from_config(cfg, c["sigma"], 0.0, int(c["noise-index"]))
+        assert c["sample_passes"] == c["num-examples"] * passes_per_example(setting)
+    train_size = len(load_data(cfg).train)
+    shares = sum(c["num-examples"] for c in clients)
+    # full: every client sees the whole training split; iid/dirichlet: disjoint shards of it
+    assert shares == (train_size if "partition" in options else 2 * train_size)
