@@ -88,3 +88,22 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
     assert md.count("| MSNAT |") == 2 and "n_w 0.2" in md  # one table per protocol
     for png in ("accuracy_vs_n_w.png", "accuracy_vs_drift.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--arms", "vanilla,nope"], "unknown arm(s) ['nope']"),
+    (["--arms", "hwa_compute"], "add it"),
+    (["--run-config", "ablation.n_w_columns='0.12'"], "does not measure"),
+    (["--run-config", "training.rounds=0"], "training.rounds"),
+    (["--seeds", "x"], "comma-separated integers"),
+])
+def test_ablate_command_refuses_bad_input_before_training(args, message, tmp_path, capsys):
+    from analogai_fl.cli import main
+
+    try:
+        code = main(["ablate", "--out", str(tmp_path / "out"), *args])
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained
