@@ -139,8 +139,8 @@ def test_seeded_runs_repeat_and_leave_the_rng_alone(hwa_cfg, digits):
 def test_rejects_cpp_tile_on_gpu_and_unknown_tile(hwa_cfg, lenet):
     with pytest.raises(ValueError, match="cpp"):
         hwa.to_analog_trainable(lenet, hwa_cfg | {"ablation.hwa.tile": "cpp"}, "cuda")
-    with pytest.raises(ValueError, match="tile"):
-        hwa.rpu_config(hwa_cfg | {"ablation.hwa.tile": "gpu"})
+    with pytest.raises(config.ConfigError, match="ablation.hwa.tile.*'cpp', 'torch'"):
+        config.resolve({"ablation.hwa.tile": "gpu"})
 
 
 def test_torch_tile_trains_and_converts(hwa_cfg, digits):

@@ -115,7 +115,7 @@ def test_noise_reaches_every_conv_and_linear_weight(name):
     for n, m in layers.items():
         m.register_forward_pre_hook(lambda mod, _i, n=n: used.update({n: mod.weight.clone()}))
     x = torch.randn(2, 1, 32, 32)
-    noisy = noisy_forward(model, x, 0.1)
+    noisy_forward(model, x, 0.1)
     assert set(used) == set(layers)  # every layer ran ...
     for n, m in layers.items():  # ... with a perturbed weight
         assert not torch.equal(used[n], m.weight), n
