@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from . import hwa
-from .analog import drift_label, pcm_accuracy
+from .analog import drift_label, n_w_sweep, pcm_accuracy
 from .config import PROTOCOLS, ConfigError, defaults, load_yaml, noise_levels, protocol
 from .data import Splits, load_data
 from .models import build_model
@@ -127,9 +127,8 @@ def evaluate(model: nn.Module, data: Splits, cfg: Mapping[str, Any], seed: int
     for name in PROTOCOLS:
         base = protocol(cfg | {"inference.protocol": name})
         drift = pcm_accuracy(model, data.test, base, times, repeats, seed)
-        sweep = {n_w: pcm_accuracy(model, data.test, base | {"n_w": n_w}, times[:1], repeats,
-                                   seed)[drift_label(times[0])]
-                 for n_w in cfg["inference.n_w_sweep"]}
+        sweep = {n_w: at[drift_label(times[0])] for n_w, at in n_w_sweep(
+            model, data.test, base, cfg["inference.n_w_sweep"], times[:1], repeats, seed).items()}
         result["protocols"][name] = {"drift": drift, "n_w": sweep}
     return result
 

@@ -285,7 +285,7 @@ CONVERSION_MAP = {nn.Linear: AnalogLinear, nn.Conv1d: AnalogConv1d, nn.Conv2d: P
                   nn.Conv3d: AnalogConv3d}
 
 
-def _resolution(bits: int) -> float:
+def converter_resolution(bits: int) -> float:
     """aihwkit's step size for a converter of `bits` bits; -1 = no quantisation."""
     return 1.0 / (2**bits - 2) if bits > 0 else -1.0
 
@@ -300,8 +300,8 @@ def rpu_config(protocol: Mapping[str, Any]) -> InferenceRPUConfig:
     rpu = TILES[tile]()
     rpu.mapping.weight_scaling_omega = protocol["weight_scaling_omega"]
     rpu.mapping.weight_scaling_columnwise = protocol["weight_scaling_columnwise"]
-    rpu.forward.inp_res = _resolution(protocol["dac_bits"])
-    rpu.forward.out_res = _resolution(protocol["adc_bits"])
+    rpu.forward.inp_res = converter_resolution(protocol["dac_bits"])
+    rpu.forward.out_res = converter_resolution(protocol["adc_bits"])
     rpu.forward.out_noise = protocol["out_noise"]
     rpu.forward.w_noise_type = WeightNoiseType.ADDITIVE_CONSTANT
     rpu.forward.w_noise = protocol["n_w"]
@@ -310,22 +310,39 @@ def rpu_config(protocol: Mapping[str, Any]) -> InferenceRPUConfig:
     return rpu
 
 
-def to_analog(model: nn.Module, protocol: Mapping[str, Any]) -> nn.Module:
-    """Analog copy of `model` on CPU (the registry wheel has no CUDA tiles), in eval mode;
-    grouped convolutions become one tile per group (`models.split_grouped_convs`).
+def convert_every_layer(model: nn.Module, rpu: Any,
+                        conversion_map: Mapping[type, type] | None = None,
+                        device: torch.device | str = "cpu") -> nn.Module:
+    """Analog copy of `model` on `device` (grouped convolutions become one tile per group,
+    `models.split_grouped_convs`).
 
     Raises if any Conv/Linear layer stayed digital: aihwkit skips unknown classes silently,
     and the "analog" accuracy would then be the digital one.
     """
-    digital = split_grouped_convs(model).cpu().eval()  # a copy, converted in place
+    digital = split_grouped_convs(model).to(device)  # a copy, converted in place
     expected = sum(isinstance(m, NOISY_LAYERS) for m in digital.modules())
-    analog = convert_to_analog(digital, rpu_config(protocol), conversion_map=CONVERSION_MAP,
-                               inplace=True)
+    extra = {"conversion_map": conversion_map} if conversion_map else {}
+    analog = convert_to_analog(digital, rpu, inplace=True, **extra)
     converted = len(list(analog.analog_layers()))
     if converted != expected:
         raise RuntimeError(f"aihwkit converted {converted} of {expected} Conv/Linear layers; "
                            "use plain nn.Conv2d/nn.Linear without parametrizations")
-    return analog.eval()
+    return analog
+
+
+def to_analog(model: nn.Module, protocol: Mapping[str, Any]) -> nn.Module:
+    """Analog inference copy of `model` on CPU (the registry wheel has no CUDA tiles), in
+    eval mode, configured entirely by the protocol."""
+    return convert_every_layer(model, rpu_config(protocol), CONVERSION_MAP).eval()
+
+
+def percent(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def mean_std(entry: Mapping[str, float]) -> str:
+    """A `pcm_accuracy` entry as 'mean ± std' in percent."""
+    return f"{percent(entry['mean'])} ± {percent(entry['std'])}"
 
 
 def drift_label(seconds: float) -> str:

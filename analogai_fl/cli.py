@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .analog import mean_std, percent
 from .config import CONF_KEY, ConfigError, parse_run_config, protocol, resolve
+from .outputs import CHECKPOINT
 
 
 class CliError(Exception):
@@ -28,7 +29,6 @@ class CliError(Exception):
 
 # --- infer ----------------------------------------------------------------------------------
 
-ROUND_FILE = re.compile(r"round_(\d+)(?:_noise_(\d+))?\.pt")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def find_checkpoints(path: Path, model_index: int | None) -> list[Checkpoint]:
     level, `round_NNNN_noise_K.pt`; then all of them are evaluated, or the one `model_index`
     names. A `round_NNNN_noise_K.pt` path is that one model.
     """
-    match = ROUND_FILE.fullmatch(path.name)
+    match = CHECKPOINT.fullmatch(path.name)
     if path.is_file():
         if model_index is not None:
             raise CliError(f"--model-index picks one of the round_NNNN_noise_K.pt files of a "
@@ -57,7 +57,7 @@ def find_checkpoints(path: Path, model_index: int | None) -> list[Checkpoint]:
                        "runs/<run>/checkpoints/round_0015.pt")
     if match and match.group(2) is None:
         per_model = {int(m.group(2)): p for p in path.parent.glob(f"round_{match.group(1)}_*.pt")
-                     if (m := ROUND_FILE.fullmatch(p.name)) and m.group(2) is not None}
+                     if (m := CHECKPOINT.fullmatch(p.name)) and m.group(2) is not None}
         if per_model:
             found = [Checkpoint(per_model[k], f"noise_{k}") for k in sorted(per_model)]
             if model_index is None:
@@ -120,14 +120,6 @@ def load_model(checkpoint: Path, cfg: Mapping[str, Any], data) -> Any:
                        f"{data.num_classes} classes; {cfg['data.name']}): {'; '.join(problems)}")
     model.load_state_dict(state)
     return deployed(model, cfg)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _mean_std(entry: Mapping[str, float]) -> str:
-    return f"{_pct(entry['mean'])} ± {_pct(entry['std'])}"
 
 
 def evaluate_checkpoint(checkpoint: Checkpoint, cfg: Mapping[str, Any], data, sweep: bool
@@ -193,7 +185,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> None:
         entries = list(r["drift"].values())
         line = ax.errorbar([e["seconds"] for e in entries], [100 * e["mean"] for e in entries],
                            yerr=[100 * e["std"] for e in entries], marker="o", capsize=3,
-                           label=f"{r['model']} (clean {_pct(r['clean_acc'])}%, dashed)")
+                           label=f"{r['model']} (clean {percent(r['clean_acc'])}%, dashed)")
         ax.axhline(100 * r["clean_acc"], linestyle="--", color=line[0].get_color(), lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("time after programming (s)")
@@ -230,8 +222,8 @@ def tables(results: Sequence[Mapping[str, Any]]) -> list[Any]:
     for column in ["model", "clean", *labels]:
         drift.add_column(column, justify="left" if column == "model" else "right")
     for r in results:
-        drift.add_row(r["model"], _pct(r["clean_acc"]),
-                      *[_mean_std(r["drift"][x]) for x in labels])
+        drift.add_row(r["model"], percent(r["clean_acc"]),
+                      *[mean_std(r["drift"][x]) for x in labels])
     out = [drift]
     if any("n_w_sweep" in r for r in results):
         sweep = Table(title=f"n_w sweep: {proto['device']} test accuracy (%) at each drift time")
@@ -239,7 +231,7 @@ def tables(results: Sequence[Mapping[str, Any]]) -> list[Any]:
             sweep.add_column(column, justify="left" if column == "model" else "right")
         for r in results:
             for n_w, per_time in r.get("n_w_sweep", {}).items():
-                sweep.add_row(r["model"], f"{n_w:g}", *[_mean_std(per_time[x]) for x in labels])
+                sweep.add_row(r["model"], f"{n_w:g}", *[mean_std(per_time[x]) for x in labels])
         out.append(sweep)
     return out
 

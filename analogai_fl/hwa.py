@@ -36,24 +36,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from aihwkit.nn.conversion import convert_to_analog
 from aihwkit.optim import AnalogSGD
 from aihwkit.simulator.configs import (InferenceRPUConfig, TorchInferenceRPUConfig,
                                        WeightClipType, WeightModifierType)
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .analog import convert_every_layer, converter_resolution
 from .data import Splits
 from .models import build_model, merge_grouped_convs, split_grouped_convs
-from .noise import NOISY_LAYERS
 
 PREFIX = "ablation.hwa."
 
-
-
-def _resolution(bits: int) -> float:
-    """aihwkit's step size for a converter of `bits` bits; -1 = no quantisation."""
-    return 1.0 / (2**bits - 2) if bits > 0 else -1.0
 
 
 def rpu_config(cfg: Mapping[str, Any]) -> InferenceRPUConfig | TorchInferenceRPUConfig:
@@ -65,8 +59,8 @@ def rpu_config(cfg: Mapping[str, Any]) -> InferenceRPUConfig | TorchInferenceRPU
     rpu.mapping.digital_bias = True
     rpu.mapping.learn_out_scaling = False
     rpu.forward.out_noise = cfg[f"{PREFIX}out_noise"]
-    rpu.forward.inp_res = _resolution(cfg[f"{PREFIX}dac_bits"])
-    rpu.forward.out_res = _resolution(cfg[f"{PREFIX}adc_bits"])
+    rpu.forward.inp_res = converter_resolution(cfg[f"{PREFIX}dac_bits"])
+    rpu.forward.out_res = converter_resolution(cfg[f"{PREFIX}adc_bits"])
     std = cfg[f"{PREFIX}modifier_std"]
     rpu.modifier.type = WeightModifierType.ADD_NORMAL if std > 0 else WeightModifierType.NONE
     rpu.modifier.std_dev = std
@@ -81,23 +75,13 @@ def rpu_config(cfg: Mapping[str, Any]) -> InferenceRPUConfig | TorchInferenceRPU
     return rpu
 
 
-def _n_digital_layers(model: nn.Module) -> int:
-    return sum(isinstance(m, NOISY_LAYERS) for m in model.modules())
-
-
 def to_analog_trainable(model: nn.Module, cfg: Mapping[str, Any],
                         device: torch.device | str = "cpu") -> nn.Module:
     """Analog copy of `model` with the HWA training tile; raises if a layer stayed digital."""
     if cfg[f"{PREFIX}tile"] == "cpp" and torch.device(device).type != "cpu":
         raise ValueError(f"key '{PREFIX}tile' = 'cpp' runs on the CPU only (the registry's "
                          f"aihwkit wheel has no CUDA tiles); use 'torch' on {device}")
-    model = split_grouped_convs(model)  # aihwkit refuses groups != 1: one tile per group
-    analog = convert_to_analog(model, rpu_config(cfg))  # a deep copy
-    converted = len(list(analog.analog_layers()))
-    if converted != _n_digital_layers(model):
-        raise RuntimeError(f"aihwkit converted {converted} of {_n_digital_layers(model)} "
-                           "Conv/Linear layers; use plain nn.Conv2d/nn.Linear")
-    return analog.to(device)
+    return convert_every_layer(model, rpu_config(cfg)).to(device)
 
 
 @torch.no_grad()

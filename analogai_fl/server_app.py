@@ -17,7 +17,7 @@ from clients.msnat_client import CONFIG_KEY
 from strategies import build_strategy
 from strategies.msnat import join_models, split_models
 
-from .analog import pcm_accuracy
+from .analog import mean_std, pcm_accuracy, percent
 from .config import ConfigError, dump_yaml, noise_levels, protocol, resolve
 from .data import Splits, describe_partition, load_data
 from .models import build_model
@@ -27,14 +27,6 @@ from .training import accuracy
 
 app = ServerApp()
 console = Console(width=140, markup=False, highlight=False)
-
-
-def _percent(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _mean_std(entry: Mapping[str, float]) -> str:
-    return f"{_percent(entry['mean'])} ± {_percent(entry['std'])}"
 
 
 class Evaluator:
@@ -73,9 +65,9 @@ class Evaluator:
         record |= {"eval_seconds": round(time.time() - started, 3), "protocol": self.protocol}
         self.run.append_jsonl("metrics.jsonl", record)
         self.records.append(record)
-        pcm = "  ".join(f"{label} {_mean_std(v)}" for label, v in record.get("pcm", {}).items())
+        pcm = "  ".join(f"{label} {mean_std(v)}" for label, v in record.get("pcm", {}).items())
         console.print(f"[round {r}/{self.cfg['training.rounds']}] clean "
-                      f"{_percent(record['clean_acc'])}%  val {_percent(record['val_acc'])}%  "
+                      f"{percent(record['clean_acc'])}%  val {percent(record['val_acc'])}%  "
                       f"PCM {pcm or 'off'}  ({record['eval_seconds']:.1f}s eval)")
         return MetricRecord({"clean_acc": record["clean_acc"], "val_acc": record["val_acc"],
                              **{f"pcm_{k}": v["mean"] for k, v in record.get("pcm", {}).items()}})
@@ -106,9 +98,9 @@ def final_table(records: Sequence[Mapping[str, Any]], fused: bool) -> tuple[Tabl
         table.add_column(column, justify="left" if column == "model" else "right")
 
     def add(name: str, rec: Mapping[str, Any], sigma: str) -> None:
-        pcm = [_mean_std(rec["pcm"][x]) for x in labels]
-        table.add_row(name, str(rec["round"]), sigma, _percent(rec["val_acc"]),
-                      _percent(rec["clean_acc"]), *pcm)
+        pcm = [mean_std(rec["pcm"][x]) for x in labels]
+        table.add_row(name, str(rec["round"]), sigma, percent(rec["val_acc"]),
+                      percent(rec["clean_acc"]), *pcm)
 
     if fused:
         add("global (final)", final, "all")
@@ -152,7 +144,7 @@ def main(grid: Grid, context: Context) -> None:
         for m in metrics:
             run.append_jsonl("clients.jsonl", {"round": server_round, **m})
         console.print(f"[round {server_round}] clients " + "  ".join(
-            f"sigma {m['sigma']:g}: loss {m['train_loss']:.3f} acc {_percent(m['train_acc'])}%"
+            f"sigma {m['sigma']:g}: loss {m['train_loss']:.3f} acc {percent(m['train_acc'])}%"
             for m in metrics))
 
     strategy = build_strategy(cfg, first_round, log_clients)

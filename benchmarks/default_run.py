@@ -15,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from analogai_fl.simulation import flwr_env
+
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS = ("flwr", "flower", "ray", "raylet", "gcs_server")
 
@@ -36,8 +38,7 @@ def pss_of_run_kib() -> int:
 
 def main() -> None:
     bin_dir = Path(sys.executable).parent
-    env = os.environ | {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = flwr_env()
     command = [str(bin_dir / "flwr"), "run", ".", "--stream"]
     if len(sys.argv) > 1:
         command += ["--run-config", sys.argv[1]]

@@ -8,6 +8,7 @@ import torch
 from analogai_fl import config
 from analogai_fl.data import load_data
 from analogai_fl.models import build_model
+from analogai_fl.training import LocalTraining, train_local
 
 
 @pytest.fixture
@@ -24,3 +25,15 @@ def digits():
 def lenet(digits):
     torch.manual_seed(0)
     return build_model("lenet", digits.in_channels, digits.num_classes, digits.image_size)
+
+
+@pytest.fixture(scope="session")
+def trained(digits):
+    """LeNet trained 3 epochs under weight noise: an accurate model for analog evaluations."""
+    torch.manual_seed(0)
+    model = build_model("lenet", 1, 10, 32)
+    setting = LocalTraining.from_config(config.defaults() | {"training.use_neg": False,
+                                                             "training.lr": 3e-3}, 0.1, 0.0)
+    for epoch in range(3):
+        train_local(model, digits.train, setting, seed=epoch)
+    return model.eval()

@@ -7,18 +7,7 @@ from torch import nn
 
 from analogai_fl import analog, config
 from analogai_fl.models import MODELS, build_model
-from analogai_fl.training import LocalTraining, accuracy, train_local
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    torch.manual_seed(0)
-    model = build_model("lenet", 1, 10, 32)
-    setting = LocalTraining.from_config(config.defaults() | {"training.use_neg": False,
-                                                             "training.lr": 3e-3}, 0.1, 0.0)
-    for epoch in range(3):
-        train_local(model, digits.train, setting, seed=epoch)
-    return model
+from analogai_fl.training import accuracy
 
 
 def protocol(**changes):

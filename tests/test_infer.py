@@ -12,20 +12,9 @@ from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfi
 from analogai_fl import analog, cli, config
 from analogai_fl.models import build_model
 from analogai_fl.outputs import RunFolder
-from analogai_fl.training import LocalTraining, accuracy, train_local
+from analogai_fl.training import accuracy
 
 TIMES = [1.0, 31536000.0]
-
-
-@pytest.fixture(scope="module")
-def trained(digits):
-    torch.manual_seed(0)
-    model = build_model("lenet", 1, 10, 32)
-    setting = LocalTraining.from_config(config.defaults() | {"training.use_neg": False,
-                                                             "training.lr": 3e-3}, 0.1, 0.0)
-    for epoch in range(3):
-        train_local(model, digits.train, setting, seed=epoch)
-    return model.eval()
 
 
 def protocol(**keys):
