@@ -63,6 +63,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .config import RERAM_DRIFT_TIMES
 from .models import split_grouped_convs
 from .noise import NOISY_LAYERS
 
@@ -89,11 +90,6 @@ DEVICE_MODELS = {
     "ReRAM": _reram,
     "ideal": _ideal,
 }
-
-
-def reram_drift_times() -> tuple[float, ...]:
-    """The only times (s) at which ReRamWan2022NoiseModel is defined."""
-    return tuple(sorted(ReRamWan2022NoiseModel(g_max=RERAM_G_MAX).coeff_dic))
 
 
 # --- The torch tile, completed to simulate what the C++ tile simulates -----------------------
@@ -374,12 +370,10 @@ def analog_accuracy(analog: nn.Module, data: Dataset, batch_size: int = 512) -> 
 
 
 def _check_drift_times(protocol: Mapping[str, Any], drift_times: Sequence[float]) -> None:
-    if protocol["device"] == "ReRAM":
-        known = reram_drift_times()
-        if any(t not in known for t in drift_times):
-            raise ValueError(f"device ReRAM (ReRamWan2022NoiseModel) is defined only at drift "
-                             f"times {', '.join(f'{t:g}' for t in known)} s, got "
-                             f"{', '.join(f'{t:g}' for t in drift_times)}")
+    if protocol["device"] == "ReRAM" and any(t not in RERAM_DRIFT_TIMES for t in drift_times):
+        raise ValueError(f"device ReRAM (ReRamWan2022NoiseModel) is defined only at drift "
+                         f"times {', '.join(f'{t:g}' for t in RERAM_DRIFT_TIMES)} s, got "
+                         f"{', '.join(f'{t:g}' for t in drift_times)}")
 
 
 def _summary(runs: Mapping[float, list[float]]) -> dict[str, dict[str, float]]:

@@ -48,6 +48,9 @@ class Key:
     above_minimum: bool = False  # value must be > minimum rather than >=
     nullable: bool = False
     kind: type | None = None  # inferred from the default when None
+    maximum: float | None = None  # value must be < maximum
+    forbidden: tuple[float, ...] = ()  # values the consumer cannot use
+    why: str = ""  # why the range is what it is (shown in the error)
 
     @property
     def type(self) -> type:
@@ -60,7 +63,22 @@ class Key:
             kind = "one of " + ", ".join(repr(c) for c in self.choices)
         if self.minimum is not None:
             kind += f" {'>' if self.above_minimum else '>='} {self.minimum:g}"
+        if self.maximum is not None:
+            kind += f"{' and' if self.minimum is not None else ''} < {self.maximum:g}"
+        if self.forbidden:
+            kind += ", not " + " or ".join(f"{v:g}" for v in self.forbidden)
+        if self.why:
+            kind += f" ({self.why})"
         return kind + (" (or null)" if self.nullable else "")
+
+
+CONVERTER_BITS_WHY = ("0 = ideal; else at least 2: aihwkit's converter step is "
+                      "1/(2^bits - 2), analog.converter_resolution")
+
+
+def converter_bits(default: int, doc: str) -> Key:
+    """A DAC/ADC resolution key: 0 (ideal) or at least 2 bits."""
+    return Key(default, doc, minimum=0, forbidden=(1,), why=CONVERTER_BITS_WHY)
 
 
 def _protocol_keys(name: str, omega: float, columnwise: bool, dac: int, adc: int,
@@ -71,8 +89,8 @@ def _protocol_keys(name: str, omega: float, columnwise: bool, dac: int, adc: int
                                          "conductance fraction (0 = no scaling)", minimum=0.0),
         f"{p}.weight_scaling_columnwise": Key(columnwise, f"{doc}: scale each output column "
                                               "separately"),
-        f"{p}.dac_bits": Key(dac, f"{doc}: input DAC resolution in bits (0 = ideal)", minimum=0),
-        f"{p}.adc_bits": Key(adc, f"{doc}: output ADC resolution in bits (0 = ideal)", minimum=0),
+        f"{p}.dac_bits": converter_bits(dac, f"{doc}: input DAC resolution in bits (0 = ideal)"),
+        f"{p}.adc_bits": converter_bits(adc, f"{doc}: output ADC resolution in bits (0 = ideal)"),
         f"{p}.out_noise": Key(out_noise, f"{doc}: Gaussian output noise std (normalised)",
                               minimum=0.0),
         f"{p}.g_max": Key(25.0, f"{doc}: PCM max conductance in uS", minimum=0.0,
@@ -84,7 +102,9 @@ def _protocol_keys(name: str, omega: float, columnwise: bool, dac: int, adc: int
 # The schema is built section by section, in the order conf/default.yaml lists them.
 
 def _run_keys() -> dict[str, Key]:
-    return {"seed": Key(2024, "random seed for data split, partitions, init, noise draws")}
+    return {"seed": Key(2024, "random seed for data split, partitions, init, noise draws",
+                        minimum=0, maximum=2**32,
+                        why="numpy's and scikit-learn's seeds are unsigned 32-bit")}
 
 
 def _data_keys() -> dict[str, Key]:
@@ -104,10 +124,10 @@ def _data_keys() -> dict[str, Key]:
                             "digits: none; never on validation or test"),
         "data.val_fraction": Key(0.1, "share of the training images held out for validation "
                                  "(model selection; stratified, seeded); digits: share of all "
-                                 "images", minimum=0.0, above_minimum=True),
+                                 "images", minimum=0.0, above_minimum=True, maximum=1.0),
         "data.test_fraction": Key(0.2, "digits only: share of all images held out for the "
                                   "test split (the others have an official test split)",
-                                  minimum=0.0, above_minimum=True),
+                                  minimum=0.0, above_minimum=True, maximum=1.0),
         "data.image_size": Key(32, "images are resized to this side (digits' 8x8 and MNIST's "
                                "28x28 are upsampled)", minimum=8),
         "data.max_train_examples": Key(0, "keep only N training images, a seeded random "
@@ -169,11 +189,14 @@ def _strategy_keys() -> dict[str, Key]:
                                    "client", choices=("average", "lowest_sigma")),
         "strategy.server_lr": Key(1.0, "fedavgm: server learning rate", minimum=0.0,
                                   above_minimum=True),
-        "strategy.server_momentum": Key(0.9, "fedavgm: server momentum", minimum=0.0),
+        "strategy.server_momentum": Key(0.9, "fedavgm: server momentum", minimum=0.0,
+                                        maximum=1.0, why="momentum >= 1 grows without bound"),
         "strategy.eta": Key(0.01, "fedadam/fedyogi/fedadagrad: server learning rate",
                             minimum=0.0, above_minimum=True),
-        "strategy.beta_1": Key(0.9, "fedadam/fedyogi: first-moment decay", minimum=0.0),
-        "strategy.beta_2": Key(0.99, "fedadam/fedyogi: second-moment decay", minimum=0.0),
+        "strategy.beta_1": Key(0.9, "fedadam/fedyogi: first-moment decay", minimum=0.0,
+                               maximum=1.0, why="Adam's bias correction divides by 1 - beta^t"),
+        "strategy.beta_2": Key(0.99, "fedadam/fedyogi: second-moment decay", minimum=0.0,
+                               maximum=1.0, why="Adam's bias correction divides by 1 - beta^t"),
         "strategy.tau": Key(1e-3, "fedadam/fedyogi/fedadagrad: adaptivity (epsilon) of the "
                             "server optimiser", minimum=0.0, above_minimum=True),
     }
@@ -224,7 +247,9 @@ def _recovery_keys() -> dict[str, Key]:
                                         "per output channel)", minimum=2),
         "recovery.qat.act_bits": Key(8, "QAT: bits of every Conv/Linear input (symmetric, "
                                      "dynamic abs-max range, like the DAC; 0 = off)",
-                                     minimum=0),
+                                     minimum=0, forbidden=(1,),
+                                     why="0 = off; else at least 2: a symmetric grid of "
+                                     "2^(b-1)-1 steps each side of 0"),
     }
 
 
@@ -257,7 +282,7 @@ def _inference_keys() -> dict[str, Key]:
                                  minimum=1),
         "inference.drift_times": Key([1.0, 3600.0, 86400.0, 31536000.0],
                                      "drift times in seconds after programming (ReRAM: a "
-                                     "subset of 1, 86400, 172800)"),
+                                     "subset of 1, 86400, 172800)", minimum=0.0),
         "inference.n_w_sweep": Key([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
                                    "n_w values of the n_w sweep (analogai-fl infer, ablation)",
                                    minimum=0.0),
@@ -289,10 +314,10 @@ def _ablation_keys() -> dict[str, Key]:
                                               "separately"),
         f"{h}.clip": Key(1.0, "HWA baseline: tile weights clipped to +-clip after every step "
                          "(0 = no clipping)", minimum=0.0),
-        f"{h}.dac_bits": Key(8, "HWA baseline: input DAC bits while training (0 = ideal)",
-                             minimum=0),
-        f"{h}.adc_bits": Key(8, "HWA baseline: output ADC bits while training (0 = ideal)",
-                             minimum=0),
+        f"{h}.dac_bits": converter_bits(8, "HWA baseline: input DAC bits while training (0 = "
+                                        "ideal)"),
+        f"{h}.adc_bits": converter_bits(8, "HWA baseline: output ADC bits while training (0 = "
+                                        "ideal)"),
         f"{h}.tile": Key("cpp", "HWA baseline: tile to train on: cpp (aihwkit's HWA examples; "
                          "CPU only, noise not seedable) or torch (seeded, CPU or GPU)",
                          choices=("cpp", "torch")),
@@ -392,10 +417,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise bad
     if key.choices and value not in key.choices:
         raise bad
-    numbers = value if kind is list else [value]
-    if key.minimum is not None and kind in (int, float, list):
-        for x in numbers:
-            if not math.isfinite(x) or x < key.minimum or (key.above_minimum and x == key.minimum):
+    if kind in (int, float, list):
+        for x in value if kind is list else [value]:
+            if not math.isfinite(x) or x in key.forbidden:
+                raise bad
+            if key.minimum is not None and (x < key.minimum or (key.above_minimum
+                                                               and x == key.minimum)):
+                raise bad
+            if key.maximum is not None and x >= key.maximum:
                 raise bad
     return value
 
@@ -498,9 +527,36 @@ def validate(cfg: Mapping[str, Any], typed_keys: set[str] = frozenset()) -> None
     if len(cfg["training.feedback.offsets"]) != len(cfg["training.feedback.weights"]):
         raise ConfigError("keys 'training.feedback.offsets' and 'training.feedback.weights' "
                           "expect lists of the same length")
-    if cfg["data.val_fraction"] + cfg["data.test_fraction"] >= 1.0:
+    if cfg["data.name"] == "digits" and cfg["data.val_fraction"] + cfg["data.test_fraction"] >= 1:
         raise ConfigError("keys 'data.val_fraction' + 'data.test_fraction' expect a sum "
                           "below 1 (the rest is training data)")
+    times = cfg["inference.drift_times"]
+    if len(set(times)) != len(times):
+        raise ConfigError(f"key 'inference.drift_times' expects distinct times, got "
+                          f"{', '.join(f'{t:g}' for t in times)}")
+    check_device_drift_times(cfg)
+    missing = [v for v in cfg["ablation.n_w_columns"] if v not in cfg["inference.n_w_sweep"]]
+    if missing:
+        raise ConfigError(f"key 'ablation.n_w_columns' lists n_w {missing} that "
+                          f"inference.n_w_sweep {cfg['inference.n_w_sweep']} does not measure")
+
+
+# ReRamWan2022NoiseModel's measured times (s): the keys of its `coeff_dic` in aihwkit 1.1.0
+# (tests/test_infer.py checks this against the installed aihwkit).
+RERAM_DRIFT_TIMES = (1.0, 86400.0, 172800.0)
+
+
+def check_device_drift_times(cfg: Mapping[str, Any]) -> None:
+    """ConfigError unless the device model is defined at every `inference.drift_times`."""
+    if cfg["inference.platform.aihwkit.device"] != "ReRAM":
+        return
+    unsupported = [t for t in cfg["inference.drift_times"] if t not in RERAM_DRIFT_TIMES]
+    if unsupported:
+        raise ConfigError(
+            f"key 'inference.drift_times' expects times among "
+            f"{', '.join(f'{t:g}' for t in RERAM_DRIFT_TIMES)} s with device ReRAM (its "
+            f"noise model is fitted there only), got {', '.join(f'{t:g}' for t in unsupported)}"
+            f"; e.g. inference.drift_times='1,86400,172800'")
 
 
 def noise_levels(cfg: Mapping[str, Any]) -> list[float]:
@@ -519,14 +575,7 @@ def protocol(cfg: Mapping[str, Any]) -> dict[str, Any]:
     result = {"name": name, "device": device, "tile": cfg["inference.tile"],
               "n_w": cfg["inference.platform.aihwkit.n_w"], **settings}
     if device == "ReRAM":
-        fitted = (1.0, 86400.0, 172800.0)  # ReRamWan2022NoiseModel's measured times (s)
-        unsupported = [t for t in cfg["inference.drift_times"] if t not in fitted]
-        if unsupported:
-            raise ConfigError(
-                f"key 'inference.drift_times' expects times among "
-                f"{', '.join(f'{t:g}' for t in fitted)} s with device ReRAM (its "
-                f"noise model is fitted there only), got {', '.join(f'{t:g}' for t in unsupported)}"
-                f"; e.g. inference.drift_times='1,86400,172800'")
+        check_device_drift_times(cfg)
         result["reram_noise_scale"] = cfg["inference.reram.noise_scale"]
     return result
 

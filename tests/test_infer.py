@@ -48,8 +48,9 @@ def test_pcm_drift_costs_more_accuracy_without_drift_compensation(trained, digit
 
 
 def test_reram_converts_and_evaluates_at_its_measured_times(trained, digits):
-    times = list(analog.reram_drift_times())
-    assert times == [1.0, 86400.0, 172800.0]
+    from aihwkit.inference import ReRamWan2022NoiseModel
+    times = list(config.RERAM_DRIFT_TIMES)  # the only times the installed aihwkit fits
+    assert times == sorted(ReRamWan2022NoiseModel(g_max=analog.RERAM_G_MAX).coeff_dic)
     proto = protocol(**{"inference.platform.aihwkit.device": "ReRAM",
                         "inference.drift_times": times, "inference.reram.noise_scale": 2.0})
     assert proto["reram_noise_scale"] == 2.0
