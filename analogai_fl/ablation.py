@@ -23,7 +23,8 @@ from torch import nn
 
 from . import hwa
 from .analog import drift_label, n_w_sweep, pcm_accuracy
-from .config import PROTOCOLS, ConfigError, defaults, load_yaml, noise_levels, protocol
+from .checks import check_client_shares, check_experiment
+from .config import PROTOCOLS, defaults, load_yaml, noise_levels, protocol, resolve
 from .data import Splits, load_data
 from .models import build_model
 from .outputs import RunFolder
@@ -75,14 +76,38 @@ class Trained:
     note: str = ""
 
 
+def arm_run_config(name: str, arm: Arm, cfg: Mapping[str, Any], overrides: Mapping[str, Any],
+                   seed: int, out: Path) -> dict[str, Any]:
+    """The `--run-config` overrides of one arm's `flwr run`."""
+    return {"conf": cfg["conf"]} | dict(overrides) | dict(arm.overrides) | {
+        "seed": seed, "inference.platform.aihwkit.use": False,  # evaluated below, once
+        "output.dir": str(out / "runs"), "output.name": f"{name}-seed{seed}",
+        "output.keep_checkpoints": 1}
+
+
+def check_arms(cfg: Mapping[str, Any], overrides: Mapping[str, Any], out: Path,
+               seeds: Sequence[int], names: Sequence[str]) -> None:
+    """Every check each arm's run needs, for every seed, before any training: the config
+    that arm's `flwr run` will resolve, its model, its aihwkit configs and its clients'
+    data shares (ConfigError naming the key otherwise)."""
+    table = arms(cfg)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(table)}")
+    for seed in seeds:
+        for name in names:
+            arm = table[name]
+            arm_cfg = resolve(arm_run_config(name, arm, cfg, overrides, seed, out)) if (
+                arm.kind == "flwr") else dict(cfg) | {"seed": seed}
+            check_experiment(arm_cfg)
+            check_client_shares(arm_cfg, load_data(arm_cfg, download=arm_cfg["data.download"]))
+
+
 def train_flwr_arm(name: str, arm: Arm, cfg: Mapping[str, Any], overrides: Mapping[str, Any],
                    seed: int, out: Path, env: Mapping[str, str] | None) -> Trained:
     """One `flwr run` with the arm's overrides; returns its final model (with FI off, the
     one of the K with the best validation accuracy, as the server's evaluator selects)."""
-    run_config = run_config_string({"conf": cfg["conf"]} | dict(overrides) | dict(
-        arm.overrides) | {"seed": seed, "inference.platform.aihwkit.use": False,  # evaluated below, once
-        "output.dir": str(out / "runs"), "output.name": f"{name}-seed{seed}",
-        "output.keep_checkpoints": 1})
+    run_config = run_config_string(arm_run_config(name, arm, cfg, overrides, seed, out))
     started = time.time()
     completed_run(run_config, env)
     wall = time.time() - started
@@ -142,15 +167,9 @@ def run_ablation(cfg: Mapping[str, Any], overrides: Mapping[str, Any], out: Path
     (arm, seed) and
     writes results.csv, results.md and the plots into `out` (rewritten after every arm, so
     a crash keeps what was finished)."""
-    missing = [v for v in cfg["ablation.n_w_columns"] if v not in cfg["inference.n_w_sweep"]]
-    if missing:
-        raise ConfigError(f"key 'ablation.n_w_columns' lists n_w {missing} that "
-                          f"inference.n_w_sweep {cfg['inference.n_w_sweep']} does not measure")
+    check_arms(cfg, overrides, out, seeds, names)
     out.mkdir(parents=True, exist_ok=True)
     table = arms(cfg)
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(table)}")
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         seeded = dict(cfg) | {"seed": seed}

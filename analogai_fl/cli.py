@@ -1,7 +1,9 @@
 """The `analogai-fl` command: subcommands that work on runs without `flwr run`.
 
+    analogai-fl check [--conf FILE] [--run-config "key=value ..."]
     analogai-fl infer CHECKPOINT [--conf FILE] [--run-config "key=value ..."]
                                  [--model-index K] [--out DIR] [--no-sweep]
+    analogai-fl ablate [--conf FILE] [--run-config "..."] [--seeds S,..] [--arms A,..]
 
 Each subcommand is a function `add_<name>(subparsers)` that adds its parser and sets
 `handler`, registered in `SUBCOMMANDS`. A handler raises `CliError` (or `ConfigError`) for a
@@ -19,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .analog import mean_std, percent
-from .config import CONF_KEY, ConfigError, parse_run_config, protocol, resolve
+from .checks import check_client_shares, check_experiment
+from .config import CONF_KEY, ConfigError, noise_levels, parse_run_config, protocol, resolve
+from .training import TrainingDiverged
 from .outputs import CHECKPOINT
 
 
@@ -245,7 +249,7 @@ def run_infer(args: argparse.Namespace) -> int:
     given = Path(args.checkpoint).expanduser()
     checkpoints = find_checkpoints(given, args.model_index)
     cfg = infer_config(checkpoints[0].path, args.conf, args.run_config)
-    protocol(cfg)  # a bad device/drift-time combination fails before any work
+    check_experiment(cfg)  # every check before any evaluation
     data = load_data(cfg, download=cfg["data.download"])
     results = [evaluate_checkpoint(c, cfg, data, sweep=not args.no_sweep) for c in checkpoints]
     out = Path(args.out).expanduser() if args.out else (
@@ -351,9 +355,76 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_ablate)
 
 
+# --- check ----------------------------------------------------------------------------------
+
+def run_check(args: argparse.Namespace) -> int:
+    from .config import DEFAULT_CONF, defaults
+    from .data import DataNotFoundError, load_data
+    from .analog import drift_label
+
+    overrides = parse_run_config(args.run_config)
+    conf = str(Path(args.conf).expanduser().resolve()) if args.conf else DEFAULT_CONF
+    cfg = resolve({CONF_KEY: conf} | overrides)  # what the ServerApp resolves
+    check_experiment(cfg)
+    try:
+        data = load_data(cfg)
+    except DataNotFoundError:
+        if not cfg["data.download"]:
+            raise
+        data = None
+    if data is not None:
+        check_client_shares(cfg, data)
+    sigmas = ", ".join(f"{s:g}" for s in noise_levels(cfg))
+    changed = [f"{k}={v!r}" for k, v in cfg.items()
+               if k in defaults() and v != defaults()[k] and k != "output.name"]
+    times = ", ".join(drift_label(t) for t in cfg["inference.drift_times"])
+    lines = [
+        f"OK: flwr run would run {cfg[CONF_KEY]} with these overrides:",
+        f"  {cfg['model.name']} on {cfg['data.name']} ({cfg['data.image_size']}x"
+        f"{cfg['data.image_size']}), partition {cfg['data.partition']}"
+        + ("" if data else f"; data set not in {cfg['data.root']} yet: the ServerApp "
+           "downloads it before round 1 (data.download=true)"),
+        f"  K={cfg['training.client_num_in_total']} noise levels (sigma {sigmas}), FI "
+        f"{'on' if cfg['training.use_fl'] else 'off'}, FL "
+        f"{'on' if cfg['training.use_neg'] else 'off'}, strategy {cfg['strategy.name']}",
+        f"  {cfg['training.rounds']} rounds x {cfg['training.local_epochs']} local epoch(s), "
+        f"batch {cfg['training.batch_size']}, {cfg['training.optimizer']} lr "
+        f"{cfg['training.lr']:g}",
+        "  evaluation: " + (f"protocol {cfg['inference.protocol']}, device "
+                            f"{cfg['inference.platform.aihwkit.device']}, tile "
+                            f"{cfg['inference.tile']}, n_w "
+                            f"{cfg['inference.platform.aihwkit.n_w']:g}, drift times {times}, "
+                            f"{cfg['inference.repeats']} repeats, every "
+                            f"{cfg['inference.every']} round(s)"
+                            if cfg["inference.platform.aihwkit.use"] else "clean accuracy only"),
+        "  output: " + (f"resumes {cfg['output.resume']}" if cfg["output.resume"] else
+                        f"{cfg['output.dir']}/{cfg['output.name']}-<time>/"),
+        f"  changed from the defaults: {', '.join(changed) if changed else 'nothing'}"]
+    print("\n".join(lines))
+    return 0
+
+
+def add_check(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check", help="resolve and validate what `flwr run` would run, without running it",
+        description="Resolve the configuration exactly as the ServerApp would (conf file, "
+        "then --run-config overrides), run every check it runs before training (each key's "
+        "range, the cross-key rules, the model at the data's shape, the aihwkit configs, the "
+        "clients' data shares) and print a summary, or the one-line error with exit code 2. "
+        "Flower itself refuses an undeclared key with only '[code: 15] Invalid run "
+        "configuration.'; this names the key and the closest valid one.",
+        epilog="example: analogai-fl check --run-config \"training.rounds=3 "
+        "strategy.name='fedadam'\"")
+    parser.add_argument("--conf", help="conf YAML file (default: conf/default.yaml)")
+    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+                        help="overrides, exactly as given to flwr run --run-config")
+    parser.set_defaults(handler=run_check)
+
+
 # --- entry point ----------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_infer, add_ablate]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_check, add_infer,
+                                                                   add_ablate]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,6 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ConfigError) as err:
         print(f"analogai-fl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:  # results written so far are kept
+        print(f"analogai-fl {args.command}: training diverged: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -383,7 +383,8 @@ def partition_indices(labels: np.ndarray, num_clients: int, scheme: str, alpha: 
     ``full``: everyone gets every index. ``iid``: a seeded shuffle cut into `num_clients`
     contiguous near-equal shards (`IidPartitioner`). ``dirichlet``: per class, the examples are
     split among the clients in proportions drawn from Dirichlet(alpha)
-    (`DirichletPartitioner`, redrawn up to 10 times until every client has an example).
+    (`DirichletPartitioner`, redrawn up to 10 times until every client has two examples:
+    a BatchNorm model needs two per training batch).
     """
     n = len(labels)
     if scheme not in PARTITIONS:
@@ -405,7 +406,7 @@ def partition_indices(labels: np.ndarray, num_clients: int, scheme: str, alpha: 
         partitioner.dataset = table.shuffle(seed=seed, keep_in_memory=True)
     else:
         partitioner = DirichletPartitioner(num_partitions=num_clients, partition_by="label",
-                                           alpha=float(alpha), min_partition_size=1,
+                                           alpha=float(alpha), min_partition_size=2,
                                            self_balancing=False, shuffle=True, seed=seed)
         partitioner.dataset = table
     try:
