@@ -30,6 +30,7 @@ weight scaling applied (`get_weights`) into a fresh `build_model`, rather than w
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -40,14 +41,13 @@ from aihwkit.optim import AnalogSGD
 from aihwkit.simulator.configs import (InferenceRPUConfig, TorchInferenceRPUConfig,
                                        WeightClipType, WeightModifierType)
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .analog import convert_every_layer, converter_resolution
 from .data import Splits
 from .models import build_model, merge_grouped_convs, split_grouped_convs
+from .training import check_finite, training_loader
 
 PREFIX = "ablation.hwa."
-
 
 
 def rpu_config(cfg: Mapping[str, Any]) -> InferenceRPUConfig | TorchInferenceRPUConfig:
@@ -133,22 +133,28 @@ def train_analog(cfg: Mapping[str, Any], data: Splits, epochs: int, seed: int,
         optimizer = AnalogSGD(analog.parameters(), lr=cfg[f"{PREFIX}lr"],
                               momentum=cfg[f"{PREFIX}momentum"])
         optimizer.regroup_param_groups(analog)
-        loader = DataLoader(data.train, batch_size=cfg[f"{PREFIX}batch_size"], shuffle=True,
-                            generator=torch.Generator().manual_seed(seed))
+        loader = training_loader(data.train, cfg[f"{PREFIX}batch_size"], seed)
         analog.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        for _ in range(epochs):
+        for epoch in range(epochs):
             loss_sum, correct, seen = 0.0, 0, 0  # statistics of the last epoch
-            for x, y in loader:
+            for step, (x, y) in enumerate(loader):
                 x, y = x.to(device), y.to(device)
                 logits = analog(x)  # noisy: weight modifier, output noise, DAC/ADC
                 loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()  # also clips the tile weights
-                loss_sum += loss.item() * len(y)
+                value = loss.item()
+                if not math.isfinite(value):
+                    check_finite(value, analog, f"HWA baseline, epoch {epoch + 1}, step "
+                                 f"{step + 1}", f"try a smaller {PREFIX}lr (now "
+                                 f"{cfg[f'{PREFIX}lr']:g})")
+                loss_sum += value * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
+    check_finite(loss_sum, analog, f"HWA baseline after {epochs} epoch(s)",
+                 f"try a smaller {PREFIX}lr (now {cfg[f'{PREFIX}lr']:g})")
     examples = len(data.train)
     stats = {
         "method": "hwa",

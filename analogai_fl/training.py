@@ -3,6 +3,7 @@ options (SAM, adversarial training, QAT, activation noise) composed with them.""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .noise import noisy_forward
 from .recovery import Attack, Sam, activation_effects, adversarial_example, sam_step
@@ -110,6 +111,56 @@ def passes_per_example(setting: LocalTraining) -> int:
     return per_loss * losses + (attack.steps if attack else 0)
 
 
+class TrainingDiverged(RuntimeError):
+    """A non-finite training loss or weight: the message says where and what to try."""
+
+
+def check_finite(loss: float, model: nn.Module, where: str, advice: str) -> None:
+    """TrainingDiverged if `loss` is not finite or a parameter of `model` holds a NaN/inf
+    (checked only when asked: after a step, or at the end of training)."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"{where}: training loss is {loss}; {advice}")
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"{where}: non-finite weights in {', '.join(bad[:3])}"
+                               f"{' ...' if len(bad) > 3 else ''}; {advice}")
+
+
+class ShuffledBatches(Sampler[list[int]]):
+    """Seeded shuffled batches of `batch_size` indices, with no batch of a single example
+    when there are at least two and `batch_size` > 1: a last batch of one joins the batch
+    before it (BatchNorm in
+    training mode cannot normalise one value per channel). The shuffle is the one
+    `DataLoader(shuffle=True, generator=generator)` draws."""
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator) -> None:
+        if size < 1 or batch_size < 1:
+            raise ValueError(f"need at least one example and a batch size >= 1, got {size} "
+                             f"examples and batch size {batch_size}")
+        self.size, self.batch_size, self.generator = size, batch_size, generator
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full + (rest > 0) - (rest == 1 and full > 0 and self.batch_size > 1)
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        chunks = [order[i:i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        if self.batch_size > 1 and len(chunks) > 1 and len(chunks[-1]) == 1:
+            last = chunks.pop()
+            chunks[-1] += last
+        yield from chunks  # lazily, as RandomSampler: the loader draws its base seed first
+
+
+def training_loader(data: Dataset, batch_size: int, seed: int) -> DataLoader:
+    """The loader of every training loop of the project (clients, HWA baseline): the same
+    draws as `DataLoader(data, batch_size, shuffle=True, generator=seeded)` (which first
+    takes its base seed from that generator), without a batch of a single example."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_sampler=ShuffledBatches(len(data), batch_size, generator),
+                      generator=generator)
+
+
 def make_optimizer(model: nn.Module, setting: LocalTraining) -> torch.optim.Optimizer:
     if setting.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=setting.lr, momentum=setting.momentum,
@@ -133,8 +184,7 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
     anchor = [p.detach().clone() for p in model.parameters()]
     optimizer = make_optimizer(model, setting)
     noise_gen = torch.Generator(device=device).manual_seed(seed)
-    loader = DataLoader(data, batch_size=setting.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = training_loader(data, setting.batch_size, seed)
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (
         pixel_stats or ((0.0,), (1.0,))))
     attack = setting.attack
@@ -144,8 +194,8 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
     with torch.random.fork_rng(devices=[]), activation_effects(
             model, setting.act_sigma, setting.input_bits, noise_gen):
         torch.manual_seed(seed)
-        for _ in range(setting.epochs):
-            for x, y in loader:
+        for epoch in range(setting.epochs):
+            for step, (x, y) in enumerate(loader):
                 x, y = x.to(device), y.to(device)
                 x_adv = None
                 if attack:
@@ -174,9 +224,15 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
                     sam_step(model, closure, optimizer, setting.sam)
                 else:
                     optimizer.step()
-                total_loss += loss.item() * len(y)
+                value = loss.item()
+                if not math.isfinite(value):
+                    check_finite(value, model, f"epoch {epoch + 1}, step {step + 1}",
+                                 f"try a smaller training.lr (now {setting.lr:g})")
+                total_loss += value * len(y)
                 correct += (z0_seen[0].argmax(1) == y).sum().item()
                 seen += len(y)
+    check_finite(total_loss, model, f"after {setting.epochs} epoch(s)",
+                 f"try a smaller training.lr (now {setting.lr:g})")
     return {"train_loss": total_loss / seen, "train_acc": correct / seen,
             "num-examples": len(data),
             "sample_passes": seen * passes_per_example(setting)}

@@ -156,3 +156,35 @@ def test_torch_tile_trains_and_converts(hwa_cfg, digits):
     x = digits.test.tensors[0]
     with torch.no_grad():
         torch.testing.assert_close(_perfect(analog)(x), digital(x), rtol=1e-4, atol=1e-4)
+
+
+def test_hwa_trains_a_batchnorm_model_whose_last_batch_has_one_example(hwa_cfg):
+    """The HWA baseline shares the clients' batching: no batch of a single example."""
+    from torch.utils.data import TensorDataset
+
+    from analogai_fl.data import Splits
+    g = torch.Generator().manual_seed(0)
+    train = TensorDataset(torch.randn(9, 3, 8, 8, generator=g), torch.randint(0, 10, (9,), generator=g))
+    data = Splits(train=train, val=train, test=train, in_channels=3, num_classes=10,
+                  image_size=8, mean=(0.0,) * 3, std=(1.0,) * 3)
+    cfg = hwa_cfg | {"model.name": "resnet18", "ablation.hwa.batch_size": 4,
+                     "ablation.hwa.tile": "torch"}
+    _, stats = hwa.train_analog(cfg, data, epochs=1, seed=0)
+    assert stats["train_examples"] == 9
+
+
+def test_hwa_divergence_is_a_clear_error(hwa_cfg, digits):
+    """aihwkit's bounded tiles keep even a huge learning rate finite; a non-finite input
+    (here a corrupted image) is what makes its loss NaN, and it is named at once."""
+    import dataclasses
+
+    from torch.utils.data import TensorDataset
+
+    from analogai_fl.training import TrainingDiverged
+    x, y = digits.train.tensors
+    x = x.clone()
+    x[5] = float("nan")
+    broken = dataclasses.replace(digits, train=TensorDataset(x, y))
+    with pytest.raises(TrainingDiverged, match=r"HWA baseline, epoch 1, step \d+: training loss "
+                       r"is nan; try a smaller ablation.hwa.lr \(now 0.05\)"):
+        hwa.train_analog(hwa_cfg, broken, epochs=1, seed=0)

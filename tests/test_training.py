@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from analogai_fl.training import (Feedback, LocalTraining, accuracy, feedback_logits,
-                                  msnat_loss, proximal_term, train_local)
+from analogai_fl.training import (Feedback, LocalTraining, ShuffledBatches, TrainingDiverged,
+                                  accuracy, feedback_logits, msnat_loss, proximal_term,
+                                  train_local, training_loader)
 
 
 def setting(**changes) -> LocalTraining:
@@ -78,3 +80,53 @@ def test_local_training_learns_under_noise(digits, lenet):
                                                        proximal_mu=0.01), seed=0)
     assert metrics["num-examples"] == len(digits.train)
     assert accuracy(lenet, digits.val) > max(0.6, before + 0.3)
+
+
+# --- any split size trains; divergence stops with a clear error -------------------------------
+
+@pytest.mark.parametrize("size,batch", [(1257, 8), (65, 64), (2, 64), (1, 64), (64, 64),
+                                        (129, 64), (7, 1)])
+def test_batches_cover_every_example_once_and_never_leave_one_alone(size, batch):
+    sampler = ShuffledBatches(size, batch, torch.Generator().manual_seed(3))
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(size))
+    assert all(len(b) >= min(2, size) for b in batches) or batch == 1
+    assert all(len(b) <= batch + 1 for b in batches)
+    # the loader draws what DataLoader(shuffle=True, generator=seeded) drew before
+    plain = DataLoader(range(size), batch_size=batch, shuffle=True,
+                       generator=torch.Generator().manual_seed(3))
+    ours = training_loader(range(size), batch, seed=3)
+    assert torch.cat(list(ours)).tolist() == torch.cat(list(plain)).tolist()
+
+
+def bn_data(n: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+@pytest.mark.parametrize("n,batch", [(65, 64), (17, 8), (2, 64)])
+def test_a_batchnorm_model_trains_on_any_split_size(n, batch):
+    """ResNet-18 at 8x8 has 1x1 feature maps in its last stage: a last batch of a single
+    example failed there ("Expected more than 1 value per channel") after a whole epoch."""
+    from analogai_fl.models import build_model
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, 10, 8)
+    metrics = train_local(model, bn_data(n), setting(batch_size=batch), seed=0)
+    assert metrics["num-examples"] == n and math.isfinite(metrics["train_loss"])
+
+
+def test_a_diverging_client_stops_at_the_first_non_finite_loss(digits):
+    from analogai_fl.models import build_model
+    torch.manual_seed(0)
+    model = build_model("lenet", 1, 10, 32)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+: training loss is nan; try "
+                       r"a smaller training.lr \(now 1000\)"):
+        train_local(model, digits.train, setting(lr=1000.0, optimizer="sgd"), seed=0)
+
+
+def test_training_loader_is_seeded():
+    data = bn_data(10)
+    first = [y.tolist() for _, y in training_loader(data, 4, seed=1)]
+    assert first == [y.tolist() for _, y in training_loader(data, 4, seed=1)]
+    assert [len(y) for y in first] == [4, 4, 2]
