@@ -5,7 +5,9 @@ Layout of `<output.dir>/<name>-<timestamp>/`:
     metrics.jsonl        one JSON object per evaluated round (clean, validation, PCM accuracy)
     clients.jsonl        one JSON object per round and client (sigma, loss, accuracy)
     checkpoints/         round_NNNN.pt (global model) or round_NNNN_noise_K.pt (FI off):
-                         plain state_dicts, readable with torch.load(..., weights_only=True)
+                         plain state_dicts, readable with torch.load(..., weights_only=True);
+                         round_NNNN_server.pt: the strategy's server-optimiser state
+                         (strategies with one: FedAvgM, FedAdam, FedYogi, FedAdagrad)
     summary.json         best round by validation accuracy, final accuracies, wall time
 Every write appends or replaces atomically, so a crash never loses earlier results.
 """
@@ -25,6 +27,10 @@ import torch
 from .config import ConfigError, dump_yaml
 
 CHECKPOINT = re.compile(r"round_(\d+)(?:_noise_(\d+))?\.pt")
+
+
+def server_state_name(server_round: int) -> str:
+    return f"round_{server_round:04d}_server.pt"
 
 
 def checkpoint_names(server_round: int, count: int, fused: bool) -> list[str]:
@@ -92,8 +98,14 @@ class RunFolder:
             self.write_text(name, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_checkpoint(self, server_round: int, states: list[dict[str, torch.Tensor]],
-                        fused: bool, keep: int = 0) -> None:
-        """One state_dict per model; `keep` > 0 deletes all but the newest `keep` rounds."""
+                        fused: bool, keep: int = 0,
+                        server_state: dict[str, torch.Tensor] | None = None) -> None:
+        """One state_dict per model, and the strategy's `server_state` if it has one
+        (written first: a round's checkpoint is complete once its models are there);
+        `keep` > 0 deletes all but the newest `keep` rounds."""
+        if server_state is not None:
+            _atomic_write(self.checkpoints / server_state_name(server_round),
+                          lambda tmp: torch.save(server_state, tmp))
         names = checkpoint_names(server_round, len(states), fused)
         for name, state in zip(names, states, strict=True):
             _atomic_write(self.checkpoints / name, lambda tmp, s=state: torch.save(s, tmp))
@@ -103,6 +115,8 @@ class RunFolder:
             for r, path in files:
                 if r in stale:
                     path.unlink()
+            for r in stale:
+                (self.checkpoints / server_state_name(r)).unlink(missing_ok=True)
 
     def _checkpoint_files(self) -> list[tuple[int, Path]]:
         found = [(CHECKPOINT.fullmatch(p.name), p) for p in self.checkpoints.glob("round_*.pt")]
@@ -118,3 +132,8 @@ class RunFolder:
             if sorted(p.name for p in by_round[r]) == sorted(names):
                 return r, [torch.load(self.checkpoints / n, weights_only=True) for n in names]
         return None
+
+    def server_state(self, server_round: int) -> dict[str, torch.Tensor] | None:
+        """The strategy's server state saved with round `server_round`, or None."""
+        path = self.checkpoints / server_state_name(server_round)
+        return torch.load(path, weights_only=True) if path.is_file() else None

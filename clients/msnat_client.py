@@ -10,14 +10,13 @@ import json
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from analogai_fl.data import client_dataset, load_data
 from analogai_fl.models import build_model
-from analogai_fl.training import LocalTraining, accuracy, train_local
-
-CONFIG_KEY = "analogai-config"
+from analogai_fl.training import LocalTraining, TrainingDiverged, accuracy, train_local
+from analogai_fl.wire import CONFIG_KEY, DIVERGED
 
 app = ClientApp()
 
@@ -39,12 +38,17 @@ def train(msg: Message, context: Context) -> Message:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setting = LocalTraining.from_config(cfg, sigma, float(sent["proximal-mu"]), index)
     seed = client_seed(cfg["seed"], server_round, index)
-    metrics = train_local(model, client_dataset(data, cfg, index), setting, seed, device,
-                          pixel_stats=(data.mean, data.std))
+    labels = MetricRecord({"sigma": sigma, "noise-index": index})
+    try:
+        metrics = train_local(model, client_dataset(data, cfg, index), setting, seed, device,
+                              pixel_stats=(data.mean, data.std))
+    except TrainingDiverged as err:  # the server names the round and client and stops
+        return Message(content=RecordDict({"metrics": labels, DIVERGED: ConfigRecord(
+            {"reason": str(err)})}), reply_to=msg)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     metrics["val_acc_noisy"] = accuracy(model, data.val, cfg["inference.batch_size"], device,
                                         sigma, setting.noise_c, noise_gen, setting.weight_bits)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     reply = RecordDict({"arrays": ArrayRecord(state),
-                        "metrics": MetricRecord(metrics | {"sigma": sigma, "noise-index": index})})
+                        "metrics": MetricRecord(metrics | dict(labels))})
     return Message(content=reply, reply_to=msg)

@@ -152,3 +152,80 @@ def test_each_strategy_runs_a_round_with_noise_levels_and_pcm(strategy, tmp_path
     shares = sum(c["num-examples"] for c in clients)
     # full: every client sees the whole training split; iid/dirichlet: disjoint shards of it
     assert shares == (train_size if "partition" in options else 2 * train_size)
+
+
+# --- faults: refused before any work, any split size, exact resume, divergence ---------------
+
+def test_a_value_the_code_cannot_use_fails_before_a_run_folder_exists(tmp_path):
+    status, log = flwr_run(f"inference.protocols.realistic.adc_bits=1 output.dir='{tmp_path}'")
+    assert status == "finished:failed"
+    assert "'inference.protocols.realistic.adc_bits' expects an integer >= 0, not 1" in log
+    assert "ZeroDivisionError" not in log and run_folders(tmp_path) == []
+
+
+def test_a_last_batch_of_one_example_trains(tmp_path):
+    """65 training images, batch 64: the last batch holds one image, and ResNet-18 at 8x8
+    has 1x1 maps in its last stage, where BatchNorm needs two values per channel."""
+    completed(f"model.name='resnet18' data.image_size=8 data.max_train_examples=65 "
+              f"training.client_num_in_total=1 training.rounds=1 training.use_neg=false "
+              f"inference.platform.aihwkit.use=false output.dir='{tmp_path}'")
+    (folder,) = run_folders(tmp_path)
+    (client,) = [json.loads(x) for x in (folder / "clients.jsonl").read_text().splitlines()]
+    assert client["num-examples"] == 65
+
+
+def final_state(folder: Path, server_round: int) -> dict:
+    return torch.load(folder / "checkpoints" / f"round_{server_round:04d}.pt", weights_only=True)
+
+
+def test_a_resumed_fedavgm_run_equals_an_uninterrupted_one(tmp_path):
+    """FedAvgM's server momentum is saved with each checkpoint and restored on resume."""
+    common = ("strategy.name='fedavgm' training.client_num_in_total=2 "
+              "inference.platform.aihwkit.use=false data.max_train_examples=300")
+    completed(f"{common} training.rounds=2 output.dir='{tmp_path / 'straight'}'")
+    completed(f"{common} training.rounds=1 output.dir='{tmp_path / 'split'}'")
+    (split,) = run_folders(tmp_path / "split")
+    assert (split / "checkpoints" / "round_0001_server.pt").is_file()
+    completed(f"output.resume='{split}' training.rounds=2")
+    (straight,) = run_folders(tmp_path / "straight")
+    expected, resumed = final_state(straight, 2), final_state(split, 2)
+    assert all(torch.equal(resumed[k], v) for k, v in expected.items())
+    # a run folder without the server state cannot be resumed as the same experiment
+    (split / "checkpoints" / "round_0002_server.pt").unlink()
+    status, log = flwr_run(f"output.resume='{split}' training.rounds=3")
+    assert status == "finished:failed" and "did not save with round 2" in log
+    assert rounds(split) == [0, 1, 2]  # nothing was rewound or appended
+
+
+def test_a_diverging_run_stops_at_the_round_and_resumes_from_the_last_good_one(tmp_path):
+    status, log = flwr_run(f"training.rounds=2 training.lr=1000.0 training.optimizer='sgd' "
+                           f"training.client_num_in_total=2 inference.platform.aihwkit.use=false "
+                           f"output.dir='{tmp_path}'")
+    assert status == "finished:failed"
+    (folder,) = run_folders(tmp_path)
+    failed = (folder / "failed.txt").read_text()
+    assert "round 1: 2 of 2 clients failed" in failed
+    assert "client noise_0 (sigma 0.1, node" in failed and "training loss is nan" in failed
+    assert "try a smaller training.lr (now 1000)" in failed
+    assert f"output.resume='{folder}'" in failed and failed.splitlines()[0] in log
+    assert rounds(folder) == [0]  # the NaN models were neither evaluated nor checkpointed
+    assert list((folder / "checkpoints").iterdir()) == []
+    # round 0 is the last good one: no checkpoint to resume from yet, so say so
+    status, log = flwr_run(f"output.resume='{folder}' training.lr=0.001")
+    assert status == "finished:failed" and "has no complete checkpoint" in log
+
+
+def test_a_run_that_diverges_later_resumes_from_its_last_good_round(tmp_path):
+    common = "training.client_num_in_total=2 inference.platform.aihwkit.use=false"
+    completed(f"{common} training.rounds=1 output.dir='{tmp_path}'")
+    (folder,) = run_folders(tmp_path)
+    status, _ = flwr_run(f"output.resume='{folder}' training.rounds=2 training.lr=1000.0 "
+                         "training.optimizer='sgd'")
+    assert status == "finished:failed"
+    assert "round 2: 2 of 2 clients failed" in (folder / "failed.txt").read_text()
+    assert "its last good round is 1" in (folder / "failed.txt").read_text()
+    assert rounds(folder) == [0, 1]
+    assert not (folder / "checkpoints" / "round_0002.pt").exists()
+    completed(f"output.resume='{folder}' training.rounds=2 training.lr=0.001 "
+              "training.optimizer='adam'")
+    assert rounds(folder) == [0, 1, 2] and not (folder / "failed.txt").exists()

@@ -62,7 +62,7 @@ def test_evaluator_records_every_evaluated_round(run, cfg, digits, lenet):
 
 
 def test_evaluator_with_fusion_off_reports_each_model(run, cfg, digits, lenet):
-    from strategies.msnat import join_models
+    from analogai_fl.wire import join_models
     cfg = cfg | {"training.use_fl": False, "training.client_num_in_total": 2,
                  "inference.platform.aihwkit.use": False}
     evaluator = Evaluator(cfg, run, digits, first_round=0)

@@ -5,7 +5,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import BUILT_INS, build_strategy
-from strategies.msnat import MSNATStrategy, fuse, join_models, split_models
+from analogai_fl.wire import join_models, split_models
+from strategies.fusion import fuse
+from strategies.msnat import MSNATStrategy
 
 
 def record(**arrays) -> ArrayRecord:
@@ -157,3 +159,151 @@ def test_unknown_strategy_lists_the_valid_ones():
         resolve({"strategy.name": "krum"})
     with pytest.raises(ConfigError, match="FI off runs only with strategy.name=msnat"):
         resolve({"strategy.name": "fedadam", "training.use_fl": False})
+
+
+# --- state that is not a trainable parameter; server state; non-finite replies -------------
+
+def vgg8_cfg(name, **changes):
+    from analogai_fl import config
+    return config.defaults() | {"strategy.name": name, "training.client_num_in_total": 2,
+                                "model.name": "vgg8", "data.image_size": 8} | changes
+
+
+def vgg8_round(strategy, current, seed, examples=(3, 1)):
+    """One round on a real BatchNorm model: each client moves every parameter a little and
+    reports running variances of its own (0.007 .. 6.8, as clients measure them)."""
+    rng = np.random.default_rng(seed)
+    sent = list(strategy.configure_train(1, current, ConfigRecord(), FakeGrid([1])))
+    out = []
+    for k, (msg, n) in enumerate(zip(sent, examples)):
+        model = {}
+        for key, a in current.items():
+            x = a.numpy()
+            if key.endswith("running_var"):
+                x = rng.uniform(0.007, 6.8, x.shape).astype(x.dtype)
+            elif key.endswith("running_mean"):
+                x = rng.normal(0, 1, x.shape).astype(x.dtype)
+            elif key.endswith("num_batches_tracked"):
+                x = np.asarray(x + 10 * (k + 1), dtype=x.dtype)
+            else:
+                x = (x + rng.normal(0, 0.01, x.shape)).astype(x.dtype)
+            model[key] = Array(np.asarray(x))
+        out.append(Message(RecordDict({"arrays": ArrayRecord(model), "metrics": MetricRecord(
+            {"num-examples": n, "noise-index": k, "sigma": 0.1, "train_loss": 1.0})}),
+            reply_to=msg))
+    return out
+
+
+def vgg8_state():
+    import torch
+    from analogai_fl.models import build_model
+    torch.manual_seed(0)
+    return ArrayRecord(build_model("vgg8", 1, 10, 8).state_dict())
+
+
+@pytest.mark.parametrize("name", ["msnat", *sorted(BUILT_INS)])
+def test_buffers_are_averaged_and_only_parameters_see_the_server_optimiser(name):
+    """Flower's server optimisers would move BatchNorm running variances by their own step
+    (they stay near 1 or go negative); here every strategy averages buffers like FedAvg and
+    applies its own update to trainable parameters only."""
+    strategy = build_strategy(vgg8_cfg(name, **{"strategy.server_lr": 0.5}))
+    assert "0.running_var" not in strategy.buffer_names  # conv 0 has no buffers
+    assert {"1.running_var", "1.num_batches_tracked"} <= strategy.buffer_names
+    current = vgg8_state()
+    out = vgg8_round(strategy, current, seed=1)
+    weights = [3.0, 1.0] if name != "msnat" else [1.0, 1.0]  # msnat: uniform by default
+    expected = fuse([m.content["arrays"] for m in out], weights, [0.1, 0.1])
+    arrays, _ = strategy.aggregate_train(1, out)
+    for key in strategy.buffer_names:
+        np.testing.assert_allclose(arrays[key].numpy(), expected[key].numpy(), rtol=1e-6)
+        assert arrays[key].numpy().dtype == current[key].numpy().dtype
+    assert (arrays["1.running_var"].numpy() > 0.007).all()
+    moved = arrays["0.weight"].numpy()
+    if name in ("fedavg", "fedprox", "msnat"):
+        np.testing.assert_allclose(moved, expected["0.weight"].numpy(), rtol=1e-5)
+    else:  # the server optimiser's step, not the average, on parameters
+        assert not np.allclose(moved, expected["0.weight"].numpy(), rtol=1e-4)
+
+
+STATEFUL = ["fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_resumed_strategy_equals_uninterrupted(name, tmp_path):
+    """Three rounds in one go vs one round, a checkpoint (models and server state written
+    and read back as a run folder does), and a new strategy resuming at round 1."""
+    from analogai_fl.outputs import RunFolder
+    cfg = vgg8_cfg(name)
+
+    def rounds(strategy, arrays, seeds):  # Flower counts a resumed run's rounds from 1
+        for server_round, seed in enumerate(seeds, start=1):
+            arrays, _ = strategy.aggregate_train(server_round,
+                                                 vgg8_round(strategy, arrays, seed))
+        return arrays
+
+    straight = rounds(build_strategy(cfg), vgg8_state(), [1, 2, 3])
+    first = build_strategy(cfg)
+    after_one = rounds(first, vgg8_state(), [1])
+    assert first.server_state(), f"{name} has server state after a round"
+    (tmp_path / "checkpoints").mkdir()
+    run = RunFolder(tmp_path)
+    run.save_checkpoint(1, [after_one.to_torch_state_dict()], True, server_state=first.server_state())
+    _, (state,) = run.last_checkpoint(1, True)
+    resumed = build_strategy(cfg, round_offset=1)
+    start = ArrayRecord(state)
+    resumed.load_server_state(run.server_state(1), start)
+    continued = rounds(resumed, start, [2, 3])
+    for key, a in straight.items():
+        np.testing.assert_array_equal(continued[key].numpy(), a.numpy(), err_msg=key)
+    # without the server state the continuation is a different experiment
+    fresh = rounds(build_strategy(cfg, round_offset=1), ArrayRecord(state), [2, 3])
+    assert not np.array_equal(fresh["0.weight"].numpy(), straight["0.weight"].numpy())
+
+
+def test_stateless_strategies_have_no_server_state():
+    for name in ("msnat", "fedavg", "fedprox"):
+        strategy = build_strategy(vgg8_cfg(name))
+        assert not strategy.SERVER_STATE
+        strategy.aggregate_train(1, vgg8_round(strategy, vgg8_state(), 1))
+        assert strategy.server_state() == {}
+
+
+def test_a_diverged_client_stops_the_round_naming_it():
+    from analogai_fl.wire import DIVERGED
+    from strategies import RoundFailed
+    strategy = MSNATStrategy([0.1, 0.2], round_offset=2)
+    out = replies(strategy, [A, B], [1, 1])
+    bad = out[0]  # noise level 1 (arrival order is reversed)
+    bad.content = RecordDict({"metrics": bad.content["metrics"], DIVERGED: ConfigRecord(
+        {"reason": "epoch 1, step 1: training loss is nan; try a smaller training.lr"})})
+    with pytest.raises(RoundFailed, match=r"round 3: 1 of 2 clients failed.*client noise_1 "
+                       r"\(sigma 0.2, node \d+\) diverged: epoch 1, step 1: training loss is "
+                       r"nan; try a smaller training.lr"):
+        strategy.aggregate_train(1, out)
+
+
+@pytest.mark.parametrize("what", ["weights", "loss"])
+def test_a_non_finite_reply_is_refused(what):
+    from strategies import RoundFailed
+    strategy = MSNATStrategy([0.1, 0.2])
+    nan_model = record(w=np.float32([np.nan, 1.0]), **{"bn.running_mean": np.float32([0.0]),
+                       "bn.num_batches_tracked": np.int64(3)})
+    out = replies(strategy, [A, nan_model if what == "weights" else B], [1, 1])
+    if what == "loss":
+        out[0].content["metrics"]["train_loss"] = float("inf")
+    with pytest.raises(RoundFailed, match=r"client noise_1 \(sigma 0.2.*non-finite "
+                       + ("model \\(w\\)" if what == "weights" else "loss")):
+        strategy.aggregate_train(1, out)
+
+
+def test_a_diverging_server_update_is_refused():
+    from strategies import RoundFailed
+    strategy = two_levels("fedavgm", **{"strategy.server_lr": 1e38})
+    current = record(w=np.float32([0.0, 0.0]))
+    sent = list(strategy.configure_train(1, current, ConfigRecord(), FakeGrid([1])))
+    out = [Message(RecordDict({"arrays": record(w=np.float32([1e3, 2e3])), "metrics": MetricRecord(
+        {"num-examples": 1, "noise-index": k, "sigma": 0.1})}), reply_to=msg)
+        for k, msg in enumerate(sent)]
+    with pytest.raises(RoundFailed, match="aggregated model is not finite.*strategy.eta or "
+                       "strategy.server_lr"):
+        strategy.aggregate_train(1, out)
