@@ -13,18 +13,17 @@ user mistake: `main` prints it as one line and returns exit code 2, without a tr
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .analog import mean_std, percent
 from .checks import check_client_shares, check_experiment
-from .config import CONF_KEY, ConfigError, noise_levels, parse_run_config, protocol, resolve
-from .training import TrainingDiverged
+from .config import CONF_KEY, ConfigError, parse_run_config, resolve
 from .outputs import CHECKPOINT
+from .settings import Experiment
+from .training import TrainingDiverged
 
 
 class CliError(Exception):
@@ -32,8 +31,6 @@ class CliError(Exception):
 
 
 # --- infer ----------------------------------------------------------------------------------
-
-
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -91,12 +88,12 @@ def infer_config(checkpoint: Path, conf: str | None, run_config: str) -> dict[st
     return resolve({CONF_KEY: str(conf_path.resolve()), **parse_run_config(run_config)})
 
 
-def load_model(checkpoint: Path, cfg: Mapping[str, Any], data) -> Any:
+def load_model(checkpoint: Path, exp: Experiment, data) -> Any:
     """The configured model with the checkpoint's weights, as deployed onto the chip."""
     import torch
 
     from .models import build_model
-    from .recovery import deployed
+    from .recovery import deployed_model
 
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -108,9 +105,8 @@ def load_model(checkpoint: Path, cfg: Mapping[str, Any], data) -> Any:
                                                  for v in state.values()):
         raise CliError(f"'{checkpoint}' is not a checkpoint: expected a state_dict (names to "
                        f"tensors), got {type(state).__name__}")
-    name = cfg["model.name"]
-    model = build_model(name, data.in_channels, data.num_classes, data.image_size)
-    expected = model.state_dict()
+    expected = build_model(exp.model, data.in_channels, data.num_classes,
+                           data.image_size).state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
@@ -119,144 +115,51 @@ def load_model(checkpoint: Path, cfg: Mapping[str, Any], data) -> Any:
         problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
                     for label, items in (("missing", missing), ("unexpected", unexpected),
                                          ("shape (file vs model)", reshaped)) if items]
-        raise CliError(f"'{checkpoint}' does not match the configured model '{name}' "
+        raise CliError(f"'{checkpoint}' does not match the configured model '{exp.model}' "
                        f"({data.in_channels} channel(s), {data.image_size}x{data.image_size}, "
-                       f"{data.num_classes} classes; {cfg['data.name']}): {'; '.join(problems)}")
-    model.load_state_dict(state)
-    return deployed(model, cfg)
+                       f"{data.num_classes} classes; {exp.data.name}): {'; '.join(problems)}")
+    return deployed_model(exp, data, state)
 
 
-def evaluate_checkpoint(checkpoint: Checkpoint, cfg: Mapping[str, Any], data, sweep: bool
+def evaluate_checkpoint(checkpoint: Checkpoint, exp: Experiment, data, sweep: bool
                         ) -> dict[str, Any]:
-    from .analog import n_w_sweep, pcm_accuracy
+    from .analog import drift_accuracy, n_w_sweep
     from .training import accuracy
 
-    model = load_model(checkpoint.path, cfg, data)
-    proto = protocol(cfg)
-    times, repeats, batch = (cfg["inference.drift_times"], cfg["inference.repeats"],
-                             cfg["inference.batch_size"])
+    model = load_model(checkpoint.path, exp, data)
+    evaluation = exp.evaluation
+    proto, times, repeats, batch = (evaluation.protocol, evaluation.drift_times,
+                                    evaluation.repeats, evaluation.batch_size)
     result: dict[str, Any] = {
-        "checkpoint": str(checkpoint.path), "model": checkpoint.label, "protocol": proto,
-        "clean_acc": accuracy(model, data.test, batch),
-        "drift": pcm_accuracy(model, data.test, proto, times, repeats, cfg["seed"], batch)}
+        "checkpoint": str(checkpoint.path), "model": checkpoint.label,
+        "protocol": proto.record(), "clean_acc": accuracy(model, data.test, batch),
+        "drift": drift_accuracy(model, data.test, proto, times, repeats, exp.seed, batch)}
     if sweep:  # the protocol's own n_w was just measured, with the same seed
-        others = [n for n in cfg["inference.n_w_sweep"] if n != proto["n_w"]]
-        measured = n_w_sweep(model, data.test, proto, others, times, repeats, cfg["seed"],
-                             batch)
-        result["n_w_sweep"] = {n: result["drift"] if n == proto["n_w"] else measured[n]
-                               for n in cfg["inference.n_w_sweep"]}
+        others = [n for n in evaluation.n_w_sweep if n != proto.n_w]
+        measured = n_w_sweep(model, data.test, proto, others, times, repeats, exp.seed, batch)
+        result["n_w_sweep"] = {n: result["drift"] if n == proto.n_w else measured[n]
+                               for n in evaluation.n_w_sweep}
     return result
-
-
-def write_outputs(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
-    """drift.csv, n_w_sweep.csv (if swept) and infer.png in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "drift.csv"]
-    with open(written[0], "w", newline="") as f:
-        rows = csv.writer(f)
-        rows.writerow(["model", "device", "n_w", "drift", "seconds", "mean", "std",
-                       "clean_acc"])
-        for r in results:
-            for label, e in r["drift"].items():
-                rows.writerow([r["model"], r["protocol"]["device"], r["protocol"]["n_w"], label,
-                               e["seconds"], e["mean"], e["std"], r["clean_acc"]])
-    if any("n_w_sweep" in r for r in results):
-        written.append(out / "n_w_sweep.csv")
-        with open(written[-1], "w", newline="") as f:
-            rows = csv.writer(f)
-            rows.writerow(["model", "device", "n_w", "drift", "seconds", "mean", "std"])
-            for r in results:
-                for n_w, per_time in r.get("n_w_sweep", {}).items():
-                    for label, e in per_time.items():
-                        rows.writerow([r["model"], r["protocol"]["device"], n_w, label,
-                                       e["seconds"], e["mean"], e["std"]])
-    written.append(out / "infer.png")
-    plot(results, written[-1])
-    return written
-
-
-def plot(results: Sequence[Mapping[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    swept = any("n_w_sweep" in r for r in results)
-    fig, axes = plt.subplots(1, 2 if swept else 1, figsize=(11 if swept else 5.5, 4),
-                             squeeze=False)
-    ax = axes[0][0]
-    for r in results:
-        entries = list(r["drift"].values())
-        line = ax.errorbar([e["seconds"] for e in entries], [100 * e["mean"] for e in entries],
-                           yerr=[100 * e["std"] for e in entries], marker="o", capsize=3,
-                           label=f"{r['model']} (clean {percent(r['clean_acc'])}%, dashed)")
-        ax.axhline(100 * r["clean_acc"], linestyle="--", color=line[0].get_color(), lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("time after programming (s)")
-    ax.set_ylabel("test accuracy (%)")
-    proto = results[0]["protocol"]
-    ax.set_title(f"{proto['device']}, protocol {proto['name']}, n_w {proto['n_w']:g}")
-    ax.legend(fontsize=8)
-    if swept:
-        ax = axes[0][1]
-        for r in results:
-            sweep = r.get("n_w_sweep", {})
-            for label in next(iter(sweep.values()), {}):
-                ax.errorbar(list(sweep), [100 * sweep[n][label]["mean"] for n in sweep],
-                            yerr=[100 * sweep[n][label]["std"] for n in sweep], marker="o",
-                            capsize=3, label=f"{r['model']} {label}")
-        ax.set_xlabel("additive weight noise n_w")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{proto['device']}: accuracy vs n_w")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def tables(results: Sequence[Mapping[str, Any]]) -> list[Any]:
-    from rich.table import Table
-
-    proto = results[0]["protocol"]
-    labels = list(results[0]["drift"])
-    drift = Table(title=f"Test accuracy (%): clean digital vs {proto['device']} "
-                        f"(protocol {proto['name']}, tile {proto['tile']}, n_w {proto['n_w']:g},"
-                        f" GDC {'on' if proto['drift_compensation'] else 'off'}; mean ± std "
-                        "over repeats)")
-    for column in ["model", "clean", *labels]:
-        drift.add_column(column, justify="left" if column == "model" else "right")
-    for r in results:
-        drift.add_row(r["model"], percent(r["clean_acc"]),
-                      *[mean_std(r["drift"][x]) for x in labels])
-    out = [drift]
-    if any("n_w_sweep" in r for r in results):
-        sweep = Table(title=f"n_w sweep: {proto['device']} test accuracy (%) at each drift time")
-        for column in ["model", "n_w", *labels]:
-            sweep.add_column(column, justify="left" if column == "model" else "right")
-        for r in results:
-            for n_w, per_time in r.get("n_w_sweep", {}).items():
-                sweep.add_row(r["model"], f"{n_w:g}", *[mean_std(per_time[x]) for x in labels])
-        out.append(sweep)
-    return out
 
 
 def run_infer(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .data import load_data
+    from .reporting import infer_tables, write_infer
 
     console = Console(width=160, markup=False, highlight=False)
     given = Path(args.checkpoint).expanduser()
     checkpoints = find_checkpoints(given, args.model_index)
-    cfg = infer_config(checkpoints[0].path, args.conf, args.run_config)
-    check_experiment(cfg)  # every check before any evaluation
-    data = load_data(cfg, download=cfg["data.download"])
-    results = [evaluate_checkpoint(c, cfg, data, sweep=not args.no_sweep) for c in checkpoints]
+    exp = Experiment.from_config(infer_config(checkpoints[0].path, args.conf, args.run_config))
+    check_experiment(exp)  # every check before any evaluation
+    data = load_data(exp.data, download=exp.data.download)
+    results = [evaluate_checkpoint(c, exp, data, sweep=not args.no_sweep) for c in checkpoints]
     out = Path(args.out).expanduser() if args.out else (
         given.resolve().parent.parent / "infer" / given.stem)
-    for table in tables(results):
+    for table in infer_tables(results):
         console.print(table)
-    written = write_outputs(results, out)
+    written = write_infer(results, out)
     console.print(f"Wrote {', '.join(str(p) for p in written)}")
     return 0
 
@@ -293,7 +196,8 @@ def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got '{text}'") from None
 
 
 def run_ablate(args: argparse.Namespace) -> int:
@@ -306,7 +210,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     console = Console(width=160, markup=False, highlight=False)
     overrides = parse_run_config(args.run_config)
     conf = {CONF_KEY: str(Path(args.conf).expanduser().resolve())} if args.conf else {}
-    cfg = resolve(conf | overrides)
+    exp = Experiment.from_config(resolve(conf | overrides))
     names = [a.strip() for a in args.arms.split(",")] if args.arms else list(ablation.ARM_NAMES)
     unknown = [n for n in names if n not in ablation.ARM_NAMES]
     if unknown:
@@ -314,19 +218,18 @@ def run_ablate(args: argparse.Namespace) -> int:
                        f"{', '.join(ablation.ARM_NAMES)}")
     if "hwa_compute" in names and "msnat" not in names:
         raise CliError("--arms: 'hwa_compute' matches the compute of the 'msnat' arm; add it")
-    seeds = args.seeds or [cfg["seed"]]
+    seeds = args.seeds or [exp.seed]
     out = Path(args.out).expanduser() if args.out else (
-        Path(cfg["output.dir"]).expanduser() / f"ablation-{time.strftime('%Y%m%d-%H%M%S')}")
+        exp.output.dir / f"ablation-{time.strftime('%Y%m%d-%H%M%S')}")
     out = out.resolve()
     started = time.time()
-    console.print(f"Ablation: arms {names}, seeds {seeds}, {cfg['model.name']} on "
-                  f"{cfg['data.name']}, {cfg['training.rounds']} rounds x "
-                  f"{cfg['training.local_epochs']} epoch(s); results in {out}")
+    console.print(f"Ablation: arms {names}, seeds {seeds}, {exp.model} on {exp.data.name}, "
+                  f"{exp.rounds} rounds x {exp.local_epochs} epoch(s); results in {out}")
 
     def progress(text: str) -> None:
         console.print(f"[{time.time() - started:6.0f}s] {text}")
 
-    ablation.run_ablation(cfg, overrides, out, seeds, names, progress=progress)
+    ablation.run_ablation(exp, overrides, out, seeds, names, progress=progress)
     console.print((out / "results.md").read_text())
     console.print(f"Wrote {out / 'results.csv'}, {out / 'results.md'}, "
                   f"{out / 'accuracy_vs_n_w.png'}, {out / 'accuracy_vs_drift.png'}")
@@ -360,45 +263,44 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
 def run_check(args: argparse.Namespace) -> int:
     from .config import DEFAULT_CONF, defaults
     from .data import DataNotFoundError, load_data
-    from .analog import drift_label
+    from .reporting import drift_label
 
     overrides = parse_run_config(args.run_config)
     conf = str(Path(args.conf).expanduser().resolve()) if args.conf else DEFAULT_CONF
     cfg = resolve({CONF_KEY: conf} | overrides)  # what the ServerApp resolves
-    check_experiment(cfg)
+    exp = Experiment.from_config(cfg)
+    check_experiment(exp)
     try:
-        data = load_data(cfg)
+        data = load_data(exp.data)
     except DataNotFoundError:
-        if not cfg["data.download"]:
+        if not exp.data.download:
             raise
         data = None
     if data is not None:
-        check_client_shares(cfg, data)
-    sigmas = ", ".join(f"{s:g}" for s in noise_levels(cfg))
+        check_client_shares(exp, data)
+    default = defaults()
     changed = [f"{k}={v!r}" for k, v in cfg.items()
-               if k in defaults() and v != defaults()[k] and k != "output.name"]
-    times = ", ".join(drift_label(t) for t in cfg["inference.drift_times"])
+               if k in default and v != default[k] and k != "output.name"]
+    evaluation, training = exp.evaluation, exp.training
+    times = ", ".join(drift_label(t) for t in evaluation.drift_times)
     lines = [
-        f"OK: flwr run would run {cfg[CONF_KEY]} with these overrides:",
-        f"  {cfg['model.name']} on {cfg['data.name']} ({cfg['data.image_size']}x"
-        f"{cfg['data.image_size']}), partition {cfg['data.partition']}"
-        + ("" if data else f"; data set not in {cfg['data.root']} yet: the ServerApp "
-           "downloads it before round 1 (data.download=true)"),
-        f"  K={cfg['training.client_num_in_total']} noise levels (sigma {sigmas}), FI "
-        f"{'on' if cfg['training.use_fl'] else 'off'}, FL "
-        f"{'on' if cfg['training.use_neg'] else 'off'}, strategy {cfg['strategy.name']}",
-        f"  {cfg['training.rounds']} rounds x {cfg['training.local_epochs']} local epoch(s), "
-        f"batch {cfg['training.batch_size']}, {cfg['training.optimizer']} lr "
-        f"{cfg['training.lr']:g}",
-        "  evaluation: " + (f"protocol {cfg['inference.protocol']}, device "
-                            f"{cfg['inference.platform.aihwkit.device']}, tile "
-                            f"{cfg['inference.tile']}, n_w "
-                            f"{cfg['inference.platform.aihwkit.n_w']:g}, drift times {times}, "
-                            f"{cfg['inference.repeats']} repeats, every "
-                            f"{cfg['inference.every']} round(s)"
-                            if cfg["inference.platform.aihwkit.use"] else "clean accuracy only"),
-        "  output: " + (f"resumes {cfg['output.resume']}" if cfg["output.resume"] else
-                        f"{cfg['output.dir']}/{cfg['output.name']}-<time>/"),
+        f"OK: flwr run would run {exp.conf} with these overrides:",
+        f"  {exp.model} on {exp.data.name} ({exp.data.image_size}x{exp.data.image_size}), "
+        f"partition {exp.data.partition}" + ("" if data else
+                                              f"; data set not in {exp.data.root} yet: the "
+                                              "ServerApp downloads it before round 1"),
+        f"  K={exp.clients} noise levels (sigma {', '.join(f'{s:g}' for s in exp.noise_levels)})"
+        f", FI {'on' if exp.fused else 'off'}, FL {'on' if exp.feedback else 'off'}, "
+        f"strategy {exp.strategy.name}",
+        f"  {exp.rounds} rounds x {exp.local_epochs} local epoch(s), batch "
+        f"{training.batch_size}, {training.optimizer} lr {training.lr:g}",
+        "  evaluation: " + (f"protocol {evaluation.protocol.name}, device "
+                            f"{evaluation.protocol.device}, tile {evaluation.protocol.tile}, "
+                            f"n_w {evaluation.protocol.n_w:g}, drift times {times}, "
+                            f"{evaluation.repeats} repeats, every {evaluation.every} round(s)"
+                            if evaluation.use else "clean accuracy only"),
+        "  output: " + (f"resumes {exp.output.resume}" if exp.output.resume else
+                        f"{exp.output.dir}/{exp.output.name}-<time>/"),
         f"  changed from the defaults: {', '.join(changed) if changed else 'nothing'}"]
     print("\n".join(lines))
     return 0

@@ -1,6 +1,6 @@
 """Data sets, their train / validation / test splits, and the clients' shares of the training split.
 
-`load_data(cfg)` is the entry point. `data.name` picks
+`load_data(settings.DataSettings)` is the entry point. `data.name` picks
 
 - ``digits``: scikit-learn's 8x8 digits (ships with the package, so it runs offline), a
   stratified train / val / test split of all 1797 images (`data.val_fraction`,
@@ -26,25 +26,20 @@ Augmentation (`data.augment`) touches the training split only: a random crop wit
 flips for CIFAR-10/100 (flipped digits and house numbers are other symbols). It draws from
 torch's global random generator (`torch.manual_seed` makes it reproducible).
 
-Nothing is downloaded unless asked: `load_data(cfg, download=True)` (the server, once, before
+Nothing is downloaded unless asked: `load_data(data, download=True)` (the server, once, before
 any client starts) fetches a missing torchvision set into `data.root`; clients call it with
 ``download=False`` so that parallel clients never race to download. A missing set, or a failed
 download, raises `DataNotFoundError` (a `ConfigError`) naming the folder looked at and how to
 get the files there.
 
-`client_dataset(splits, cfg, k)` is client k's share of the training split (`data.partition`):
-``full`` (all of it: MSNAT's clients are noise levels, not data owners), ``iid`` (disjoint,
-near-equal random shards) or ``dirichlet`` (label-skewed shards, concentration `data.alpha`),
-made by Flower Datasets' `IidPartitioner` / `DirichletPartitioner` on the training labels and
-deterministic for a given `seed`.
+The clients' shares of the training split are made in `partitions`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,11 +49,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from .config import ConfigError
-
-PARTITIONS = ("full", "iid", "dirichlet")
+from .settings import DataSettings
 
 
 @dataclass(frozen=True)
@@ -232,6 +226,13 @@ TORCHVISION_SETS: dict[str, _TorchvisionSet] = {
 }
 
 
+def data_shape(name: str) -> tuple[int, int]:
+    """(channels, classes) of data set `name`, known without reading it."""
+    if name == "digits":
+        return 1, 10
+    return TORCHVISION_SETS[name].channels, TORCHVISION_SETS[name].num_classes
+
+
 def _how_to_get(name: str, spec: _TorchvisionSet, root: Path) -> str:
     return (f"To get it: run once with data.download=true on a machine with internet access "
             f"(the server downloads it into data.root before any client starts), or fetch it "
@@ -256,7 +257,7 @@ def _download(name: str, root: Path) -> None:
     try:
         for train in (True, False):
             spec.open(root, train, download=True)
-    except Exception as err:  # noqa: BLE001 - URLError, socket errors, torchvision's own
+    except Exception as err:
         reason = " ".join(str(err).split())[:300]
         raise DataNotFoundError(
             f"data.name='{name}': downloading {spec.cls_name} into {spec.folder(root)} failed "
@@ -333,129 +334,22 @@ def torchvision_splits(name: str, root: str, image_size: int, val_fraction: floa
         mean=tuple(mean.tolist()), std=tuple(std.tolist()))
 
 
-def data_root(cfg: Mapping[str, Any]) -> Path:
-    """`data.root` with `~` expanded, made absolute (against the current directory)."""
-    return Path(cfg["data.root"]).expanduser().resolve()
-
-
-def load_data(cfg: Mapping[str, Any], download: bool = False) -> Splits:
+def load_data(data: DataSettings, download: bool = False) -> Splits:
     """The splits of `data.name` (cached per process: Ray's client processes call this every
     round). `download=True` first fetches a missing torchvision set into `data.root`: the
-    server passes ``cfg["data.download"]``, once, before clients start; clients pass False."""
-    name = cfg["data.name"]
-    if name == "digits":
-        return _digits_limited(cfg["data.image_size"], cfg["data.val_fraction"],
-                               cfg["data.test_fraction"], cfg["seed"],
-                               cfg["data.max_train_examples"])
-    if name not in TORCHVISION_SETS:
+    server passes `data.download`, once, before clients start; clients pass False."""
+    if data.name == "digits":
+        return _digits_limited(data.image_size, data.val_fraction, data.test_fraction,
+                               data.seed, data.max_train_examples)
+    if data.name not in TORCHVISION_SETS:
         raise ConfigError(f"key 'data.name' expects one of 'digits', "
-                          f"{', '.join(repr(n) for n in TORCHVISION_SETS)}, got {name!r}")
-    root = data_root(cfg)
-    args = (name, str(root), cfg["data.image_size"], cfg["data.val_fraction"],
-            cfg["data.max_train_examples"], cfg["data.augment"], cfg["seed"])
+                          f"{', '.join(repr(n) for n in TORCHVISION_SETS)}, got {data.name!r}")
+    args = (data.name, str(data.root), data.image_size, data.val_fraction,
+            data.max_train_examples, data.augment, data.seed)
     try:
         return torchvision_splits(*args)
     except DataNotFoundError:
         if not download:
             raise
-    _download(name, root)
+    _download(data.name, data.root)
     return torchvision_splits(*args)
-
-
-# ---------------------------------------------------------------- client partitions
-
-
-def dataset_labels(data: Dataset) -> np.ndarray:
-    """Labels of a data set made here (ImageDataset, TensorDataset, or a Subset of them)."""
-    if isinstance(data, Subset):
-        return dataset_labels(data.dataset)[np.asarray(data.indices)]
-    if isinstance(data, ImageDataset):
-        return data.labels.numpy()
-    if isinstance(data, TensorDataset):
-        return data.tensors[1].numpy()
-    return np.asarray([int(y) for _, y in data])
-
-
-def partition_indices(labels: np.ndarray, num_clients: int, scheme: str, alpha: float,
-                      seed: int) -> list[np.ndarray]:
-    """Indices (into `labels`) of each client's share, by Flower Datasets' partitioners.
-
-    ``full``: everyone gets every index. ``iid``: a seeded shuffle cut into `num_clients`
-    contiguous near-equal shards (`IidPartitioner`). ``dirichlet``: per class, the examples are
-    split among the clients in proportions drawn from Dirichlet(alpha)
-    (`DirichletPartitioner`, redrawn up to 10 times until every client has two examples:
-    a BatchNorm model needs two per training batch).
-    """
-    n = len(labels)
-    if scheme not in PARTITIONS:
-        raise ConfigError(f"key 'data.partition' expects one of "
-                          f"{', '.join(repr(p) for p in PARTITIONS)}, got {scheme!r}")
-    if scheme == "full":
-        return [np.arange(n) for _ in range(num_clients)]
-    if num_clients > n:
-        raise ConfigError(f"data.partition='{scheme}' cannot give each of the "
-                          f"{num_clients} clients (training.client_num_in_total) an example: "
-                          f"the training split has only {n}; use data.partition='full', fewer "
-                          "clients or more data (data.max_train_examples)")
-    from datasets import Dataset as HFDataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
-
-    table = HFDataset.from_dict({"index": np.arange(n), "label": np.asarray(labels)})
-    if scheme == "iid":
-        partitioner = IidPartitioner(num_partitions=num_clients)
-        partitioner.dataset = table.shuffle(seed=seed, keep_in_memory=True)
-    else:
-        partitioner = DirichletPartitioner(num_partitions=num_clients, partition_by="label",
-                                           alpha=float(alpha), min_partition_size=2,
-                                           self_balancing=False, shuffle=True, seed=seed)
-        partitioner.dataset = table
-    try:
-        with warnings.catch_warnings():  # its retry warnings: we raise a clear error instead
-            warnings.simplefilter("ignore")
-            parts = [np.asarray(partitioner.load_partition(k)["index"], dtype=np.int64)
-                     for k in range(num_clients)]
-    except ValueError as err:
-        raise ConfigError(
-            f"data.partition='dirichlet' with data.alpha={alpha:g} left a client without "
-            f"examples in 10 draws ({num_clients} clients, {n} training examples; Flower "
-            f"Datasets: {err}); raise data.alpha, or use more data or fewer clients") from None
-    empty = [k for k, p in enumerate(parts) if len(p) == 0]
-    if empty:
-        raise ConfigError(f"data.partition='{scheme}' left client(s) {empty} without examples "
-                          f"({num_clients} clients, {n} training examples)")
-    return parts
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_partition(data: Dataset, num_clients: int, scheme: str, alpha: float,
-                      seed: int) -> tuple[np.ndarray, ...]:
-    return tuple(partition_indices(dataset_labels(data), num_clients, scheme, alpha, seed))
-
-
-def _partition(splits: Splits, cfg: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
-    return _cached_partition(splits.train, cfg["training.client_num_in_total"],
-                             cfg["data.partition"], cfg["data.alpha"], cfg["seed"])
-
-
-def client_dataset(splits: Splits, cfg: Mapping[str, Any], noise_index: int) -> Dataset:
-    """Client `noise_index`'s share of the training split (see `partition_indices`)."""
-    k_total = cfg["training.client_num_in_total"]
-    if not 0 <= noise_index < k_total:
-        raise ValueError(f"noise_index {noise_index} outside 0..{k_total - 1} "
-                         "(training.client_num_in_total)")
-    if cfg["data.partition"] == "full":
-        return splits.train
-    return Subset(splits.train, _partition(splits, cfg)[noise_index].tolist())
-
-
-def describe_partition(splits: Splits, cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per client: its index, number of examples and label histogram (for the run log)."""
-    labels = dataset_labels(splits.train)
-    if cfg["data.partition"] == "full":
-        parts: tuple[np.ndarray, ...] = tuple(
-            np.arange(len(labels)) for _ in range(cfg["training.client_num_in_total"]))
-    else:
-        parts = _partition(splits, cfg)
-    return [{"client": k, "examples": int(len(p)),
-             "label_counts": np.bincount(labels[p], minlength=splits.num_classes).tolist()}
-            for k, p in enumerate(parts)]

@@ -22,7 +22,7 @@ more slowly (final train loss ~0.4 vs ~0.01 on LeNet/digits, 20 epochs); its mod
 
 The trained model is brought back to a plain digital model of exactly `build_model`'s
 structure, BEFORE any program/drift call on the analog tiles (converting after a PCM
-evaluation loop gave chance accuracy), so that `analog.pcm_accuracy` evaluates every arm of
+evaluation loop gave chance accuracy), so that `analog.drift_accuracy` evaluates every arm of
 the ablation with the same protocol. The weights are read from the tiles with the digital
 weight scaling applied (`get_weights`) into a fresh `build_model`, rather than with
 `convert_to_digital`, so that the result is exactly the project's class and structure.
@@ -32,41 +32,43 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from aihwkit.optim import AnalogSGD
-from aihwkit.simulator.configs import (InferenceRPUConfig, TorchInferenceRPUConfig,
-                                       WeightClipType, WeightModifierType)
+from aihwkit.simulator.configs import (
+    InferenceRPUConfig,
+    TorchInferenceRPUConfig,
+    WeightClipType,
+    WeightModifierType,
+)
 from torch import nn
 
 from .analog import convert_every_layer, converter_resolution
 from .data import Splits
 from .models import build_model, merge_grouped_convs, split_grouped_convs
+from .settings import HWASettings
 from .training import check_finite, training_loader
 
-PREFIX = "ablation.hwa."
 
-
-def rpu_config(cfg: Mapping[str, Any]) -> InferenceRPUConfig | TorchInferenceRPUConfig:
-    """The noisy training tile of the HWA recipe, every setting from `cfg`."""
-    tile = cfg[f"{PREFIX}tile"]
+def rpu_config(hwa: HWASettings) -> InferenceRPUConfig | TorchInferenceRPUConfig:
+    """The noisy training tile of the HWA recipe, every setting from `hwa`."""
+    tile = hwa.tile
     rpu = InferenceRPUConfig() if tile == "cpp" else TorchInferenceRPUConfig()
-    rpu.mapping.weight_scaling_omega = cfg[f"{PREFIX}weight_scaling_omega"]
-    rpu.mapping.weight_scaling_columnwise = cfg[f"{PREFIX}weight_scaling_columnwise"]
+    rpu.mapping.weight_scaling_omega = hwa.weight_scaling_omega
+    rpu.mapping.weight_scaling_columnwise = hwa.weight_scaling_columnwise
     rpu.mapping.digital_bias = True
     rpu.mapping.learn_out_scaling = False
-    rpu.forward.out_noise = cfg[f"{PREFIX}out_noise"]
-    rpu.forward.inp_res = converter_resolution(cfg[f"{PREFIX}dac_bits"])
-    rpu.forward.out_res = converter_resolution(cfg[f"{PREFIX}adc_bits"])
-    std = cfg[f"{PREFIX}modifier_std"]
+    rpu.forward.out_noise = hwa.out_noise
+    rpu.forward.inp_res = converter_resolution(hwa.dac_bits)
+    rpu.forward.out_res = converter_resolution(hwa.adc_bits)
+    std = hwa.modifier_std
     rpu.modifier.type = WeightModifierType.ADD_NORMAL if std > 0 else WeightModifierType.NONE
     rpu.modifier.std_dev = std
     rpu.modifier.rel_to_actual_wmax = True
     rpu.modifier.enable_during_test = False
-    clip = cfg[f"{PREFIX}clip"]
+    clip = hwa.clip
     if clip > 0:
         rpu.clip.type = WeightClipType.FIXED_VALUE
         rpu.clip.fixed_value = clip
@@ -75,13 +77,13 @@ def rpu_config(cfg: Mapping[str, Any]) -> InferenceRPUConfig | TorchInferenceRPU
     return rpu
 
 
-def to_analog_trainable(model: nn.Module, cfg: Mapping[str, Any],
+def to_analog_trainable(model: nn.Module, hwa: HWASettings,
                         device: torch.device | str = "cpu") -> nn.Module:
     """Analog copy of `model` with the HWA training tile; raises if a layer stayed digital."""
-    if cfg[f"{PREFIX}tile"] == "cpp" and torch.device(device).type != "cpu":
-        raise ValueError(f"key '{PREFIX}tile' = 'cpp' runs on the CPU only (the registry's "
+    if hwa.tile == "cpp" and torch.device(device).type != "cpu":
+        raise ValueError(f"key 'ablation.hwa.tile' = 'cpp' runs on the CPU only (the registry's "
                          f"aihwkit wheel has no CUDA tiles); use 'torch' on {device}")
-    return convert_every_layer(model, rpu_config(cfg)).to(device)
+    return convert_every_layer(model, rpu_config(hwa)).to(device)
 
 
 @torch.no_grad()
@@ -115,7 +117,7 @@ def to_digital(analog: nn.Module, template: nn.Module) -> nn.Module:
     return digital.cpu().eval()
 
 
-def train_analog(cfg: Mapping[str, Any], data: Splits, epochs: int, seed: int,
+def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, seed: int,
                  device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """HWA training of a fresh `build_model` (init seeded with `seed`); returns the ANALOG
     model (train mode left on) and the training statistics."""
@@ -127,13 +129,13 @@ def train_analog(cfg: Mapping[str, Any], data: Splits, epochs: int, seed: int,
             ] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # seeded draws, caller's RNG untouched
         torch.manual_seed(seed)
-        model = build_model(cfg["model.name"], data.in_channels, data.num_classes,
+        model = build_model(model_name, data.in_channels, data.num_classes,
                             data.image_size)
-        analog = to_analog_trainable(model, cfg, device)
-        optimizer = AnalogSGD(analog.parameters(), lr=cfg[f"{PREFIX}lr"],
-                              momentum=cfg[f"{PREFIX}momentum"])
+        analog = to_analog_trainable(model, hwa, device)
+        optimizer = AnalogSGD(analog.parameters(), lr=hwa.lr,
+                              momentum=hwa.momentum)
         optimizer.regroup_param_groups(analog)
-        loader = training_loader(data.train, cfg[f"{PREFIX}batch_size"], seed)
+        loader = training_loader(data.train, hwa.batch_size, seed)
         analog.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for epoch in range(epochs):
@@ -148,17 +150,17 @@ def train_analog(cfg: Mapping[str, Any], data: Splits, epochs: int, seed: int,
                 value = loss.item()
                 if not math.isfinite(value):
                     check_finite(value, analog, f"HWA baseline, epoch {epoch + 1}, step "
-                                 f"{step + 1}", f"try a smaller {PREFIX}lr (now "
-                                 f"{cfg[f'{PREFIX}lr']:g})")
+                                 f"{step + 1}", f"try a smaller ablation.hwa.lr (now "
+                                 f"{hwa.lr:g})")
                 loss_sum += value * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
     check_finite(loss_sum, analog, f"HWA baseline after {epochs} epoch(s)",
-                 f"try a smaller {PREFIX}lr (now {cfg[f'{PREFIX}lr']:g})")
+                 f"try a smaller ablation.hwa.lr (now {hwa.lr:g})")
     examples = len(data.train)
     stats = {
         "method": "hwa",
-        "tile": cfg[f"{PREFIX}tile"],
+        "tile": hwa.tile,
         "epochs": epochs,
         "train_examples": examples,
         # one noisy forward + one backward per example per epoch, no extra passes
@@ -173,14 +175,14 @@ def train_analog(cfg: Mapping[str, Any], data: Splits, epochs: int, seed: int,
     return analog, stats
 
 
-def train_hwa(cfg: Mapping[str, Any], data: Splits, epochs: int, seed: int,
+def train_hwa(model_name: str, hwa: HWASettings, data: Splits, epochs: int, seed: int,
               device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """aihwkit HWA training; returns a plain digital `build_model` with the trained weights
     (on CPU, eval mode) and the statistics (wall_s includes the conversion back)."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    analog, stats = train_analog(cfg, data, epochs, seed, device)
+    analog, stats = train_analog(model_name, hwa, data, epochs, seed, device)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
-        template = build_model(cfg["model.name"], data.in_channels, data.num_classes,
+        template = build_model(model_name, data.in_channels, data.num_classes,
                                data.image_size)
     digital = merge_grouped_convs(to_digital(analog, split_grouped_convs(template))).eval()
     stats["wall_s"] = time.perf_counter() - start

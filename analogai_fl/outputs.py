@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, dump_yaml
+from .config import ConfigError
+from .settings import OutputSettings
 
 CHECKPOINT = re.compile(r"round_(\d+)(?:_noise_(\d+))?\.pt")
 
@@ -51,11 +52,12 @@ class RunFolder:
         self.checkpoints = path / "checkpoints"
 
     @classmethod
-    def create(cls, cfg: Mapping[str, Any]) -> RunFolder:
-        parent = Path(cfg["output.dir"]).expanduser().resolve()
+    def create(cls, output: OutputSettings, config_yaml: str) -> RunFolder:
+        """A new `<output.dir>/<output.name>-<time>/` holding `config_yaml` as config.yaml."""
+        parent = output.dir.resolve()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for attempt in range(100):
-            path = parent / f"{cfg['output.name']}-{stamp}{f'-{attempt}' if attempt else ''}"
+            path = parent / f"{output.name}-{stamp}{f'-{attempt}' if attempt else ''}"
             try:
                 path.mkdir(parents=True)
                 break
@@ -65,7 +67,7 @@ class RunFolder:
             raise RuntimeError(f"could not create a run folder under {parent}")
         run = cls(path)
         run.checkpoints.mkdir()
-        run.write_text("config.yaml", dump_yaml(cfg))
+        run.write_text("config.yaml", config_yaml)
         return run
 
     @classmethod

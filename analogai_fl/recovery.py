@@ -4,9 +4,10 @@ quantisation-aware training (the weight side lives in `noise.noisy_forward`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,10 @@ from torch import nn
 
 from .noise import NOISY_LAYERS
 from .quantization import quantize_dynamic, quantize_per_channel
+
+if TYPE_CHECKING:
+    from .data import Splits
+    from .settings import Experiment
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,21 @@ def quantize_weights_(model: nn.Module, bits: int) -> nn.Module:
     return model
 
 
-def deployed(model: nn.Module, cfg) -> nn.Module:
-    """The model as it goes onto the chip: with QAT its weights quantised (in place)."""
-    if cfg["recovery.qat.use"]:
-        quantize_weights_(model, cfg["recovery.qat.weight_bits"])
+def deployed(model: nn.Module, weight_bits: int) -> nn.Module:
+    """The model as it goes onto the chip: with QAT (`weight_bits` > 0) its weights
+    quantised per output channel, in place."""
+    if weight_bits:
+        quantize_weights_(model, weight_bits)
     return model
+
+
+def deployed_model(exp: Experiment, splits: Splits, state: Mapping[str, torch.Tensor]
+                   ) -> nn.Module:
+    """The configured model for `splits`' shape holding `state`, as deployed onto the chip
+    (quantised weights with QAT), in eval mode on the CPU. Raises RuntimeError (torch's
+    `load_state_dict`) when `state` does not fit the model."""
+    from .models import build_model
+
+    model = build_model(exp.model, splits.in_channels, splits.num_classes, splits.image_size)
+    model.load_state_dict(state)
+    return deployed(model, exp.training.weight_bits).eval()

@@ -4,9 +4,8 @@ options (SAM, adversarial training, QAT, activation noise) composed with them.""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,8 @@ class Feedback:
 
 @dataclass(frozen=True)
 class LocalTraining:
+    """One client's training setting (built from the config by `settings.Experiment`)."""
+
     sigma: float
     noise_c: float
     epochs: int
@@ -44,34 +45,6 @@ class LocalTraining:
     input_bits: int = 0  # QAT bits of every Conv/Linear input (0 = off)
     sam: Sam | None = None
     attack: Attack | None = None
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], sigma: float, proximal_mu: float,
-                    noise_index: int = 0) -> LocalTraining:
-        feedback = Feedback(cfg["training.feedback.offsets"], cfg["training.feedback.weights"],
-                            cfg["training.feedback.beta"], cfg["training.feedback.temperature"]
-                            ) if cfg["training.use_neg"] else None
-        act = f"recovery.noise_{noise_index}.act_inject"
-        sam = Sam(cfg["recovery.optimizer.rho"], cfg["recovery.optimizer.adaptive"],
-                  cfg["recovery.optimizer.eta"]) if (
-            cfg["recovery.optimizer.sam"] or cfg["recovery.optimizer.adaptive"]) else None
-        attack = None
-        for name in ("FGSM", "PGD"):
-            p = f"recovery.adversarial.{name}"
-            if cfg[f"{p}.use"]:
-                attack = Attack(name, cfg[f"{p}.epsilon"], cfg[f"{p}.step_size"],
-                                cfg[f"{p}.steps"] if name == "PGD" else 1,
-                                cfg[f"{p}.random_start"], cfg[f"{p}.weight"])
-        qat = cfg["recovery.qat.use"]
-        return cls(sigma=sigma, noise_c=cfg["training.noise_scale_c"],
-                   epochs=cfg["training.local_epochs"], batch_size=cfg["training.batch_size"],
-                   lr=cfg["training.lr"], optimizer=cfg["training.optimizer"],
-                   momentum=cfg["training.momentum"], weight_decay=cfg["training.weight_decay"],
-                   feedback=feedback, proximal_mu=proximal_mu,
-                   act_sigma=cfg[f"{act}.act_sigma"] if cfg[f"{act}.use"] else 0.0,
-                   weight_bits=cfg["recovery.qat.weight_bits"] if qat else 0,
-                   input_bits=cfg["recovery.qat.act_bits"] if qat else 0,
-                   sam=sam, attack=attack)
 
 
 def feedback_logits(z0: torch.Tensor, extra: Sequence[torch.Tensor], weights: Sequence[float],
@@ -207,7 +180,7 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
                     model.train()
                 z0_seen: list[torch.Tensor] = []
 
-                def closure() -> torch.Tensor:
+                def closure(x=x, y=y, x_adv=x_adv, z0_seen=z0_seen) -> torch.Tensor:
                     loss, z0 = msnat_loss(model, x, y, setting, noise_gen)
                     if x_adv is not None:
                         loss = loss + attack.weight * msnat_loss(model, x_adv, y, setting,

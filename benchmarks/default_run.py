@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from analogai_fl.simulation import flwr_env
+from analogai_fl.flwr_cli import flwr_env
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS = ("flwr", "flower", "ray", "raylet", "gcs_server")

@@ -7,7 +7,7 @@ share of a default round spent in evaluation. A benchmark, not a test: run it by
    (programmed, drifted to 1 h, the default `realistic` protocol with PCM and GDC), for LeNet
    on the digits test split and ResNet-18 (`build_model("resnet18", 3, 10, 32)`) on random
    32x32 inputs. Best of --runs.
-2. Whole evaluation: `analog.pcm_accuracy` as the ServerApp calls it (convert once, then
+2. Whole evaluation: `analog.drift_accuracy` as the ServerApp calls it (convert once, then
    3 repeats x 4 drift times: programming, drift, compensation and a pass each) against one
    digital pass over the same images.
 3. Default round: 5 clients x 1 local epoch of LeNet on digits with feedback loops (4 noisy
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -34,7 +35,8 @@ from torch.utils.data import TensorDataset
 from analogai_fl import analog, config
 from analogai_fl.data import load_data
 from analogai_fl.models import build_model
-from analogai_fl.training import LocalTraining, accuracy, train_local
+from analogai_fl.settings import Experiment
+from analogai_fl.training import accuracy, train_local
 
 TILES = ("cpp", "torch")
 
@@ -66,7 +68,7 @@ def per_pass(model, x, proto, batch, runs) -> dict[str, float]:
     result = {"digital": best_of(runs, lambda: one_pass(model, x, batch))}
     result["digital cpu"] = CPU_TIMES[-1]
     for tile in TILES:
-        converted = analog.to_analog(model, proto | {"tile": tile})
+        converted = analog.to_analog(model, dataclasses.replace(proto, tile=tile))
         converted.program_analog_weights()
         converted.drift_analog_weights(3600.0)
         one_pass(converted, x[:batch], batch)
@@ -75,34 +77,36 @@ def per_pass(model, x, proto, batch, runs) -> dict[str, float]:
     return result
 
 
-def whole_evaluation(model, data, proto, cfg, runs) -> dict[str, float]:
-    batch = cfg["inference.batch_size"]
+def whole_evaluation(model, data, exp: Experiment, runs) -> dict[str, float]:
+    evaluation = exp.evaluation
+    batch = evaluation.batch_size
     result = {"digital": best_of(runs, lambda: accuracy(model, data, batch))}
     for tile in TILES:
-        result[tile] = best_of(max(1, runs // 2), lambda t=tile: analog.pcm_accuracy(
-            model, data, proto | {"tile": t}, cfg["inference.drift_times"],
-            cfg["inference.repeats"], seed=0, batch_size=batch))
+        result[tile] = best_of(max(1, runs // 2), lambda t=tile: analog.drift_accuracy(
+            model, data, dataclasses.replace(evaluation.protocol, tile=t),
+            evaluation.drift_times, evaluation.repeats, seed=0, batch_size=batch))
     return result
 
 
-def default_round(cfg, runs) -> dict[str, float]:
-    data = load_data(cfg)
-    torch.manual_seed(cfg["seed"])
-    global_model = build_model(cfg["model.name"], data.in_channels, data.num_classes,
-                               data.image_size)
+def default_round(exp: Experiment, runs) -> dict[str, float]:
+    data = load_data(exp.data)
+    torch.manual_seed(exp.seed)
+    global_model = build_model(exp.model, data.in_channels, data.num_classes, data.image_size)
     started = time.perf_counter()
-    for k, sigma in enumerate(config.noise_levels(cfg)):
-        setting = LocalTraining.from_config(cfg, sigma, cfg["training.proximal_mu"], k)
+    for k in range(exp.clients):
+        setting = exp.local_training(k, exp.client_mu())
         train_local(copy.deepcopy(global_model), data.train, setting, seed=k)
     result = {"train": time.perf_counter() - started}
-    batch, proto = cfg["inference.batch_size"], config.protocol(cfg)
+    evaluation = exp.evaluation
+    batch = evaluation.batch_size
 
     def evaluate(tile: str) -> None:
         accuracy(global_model, data.test, batch)
         accuracy(global_model, data.val, batch)
-        analog.pcm_accuracy(global_model, data.test, proto | {"tile": tile},
-                            cfg["inference.drift_times"], cfg["inference.repeats"], seed=1,
-                            batch_size=batch)
+        analog.drift_accuracy(global_model, data.test,
+                              dataclasses.replace(evaluation.protocol, tile=tile),
+                              evaluation.drift_times, evaluation.repeats, seed=1,
+                              batch_size=batch)
 
     for tile in TILES:
         result[tile] = best_of(max(1, runs // 2), lambda t=tile: evaluate(t))
@@ -123,10 +127,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(width=140, markup=False, highlight=False)
-    cfg = config.defaults()
-    proto = config.protocol(cfg)
-    batch = cfg["inference.batch_size"]
-    digits = load_data(cfg)
+    exp = Experiment.from_config(config.resolve({}))
+    proto, batch = exp.evaluation.protocol, exp.evaluation.batch_size
+    digits = load_data(exp.data)
     torch.manual_seed(0)
     lenet = build_model("lenet", 1, 10, 32).eval()
     resnet = build_model("resnet18", 3, 10, 32).eval()
@@ -139,8 +142,8 @@ def main() -> None:
                          "digital; the ratio of process CPU times in brackets")
     for column in ("model", "images", "digital", "C++ tile", "ratio", "torch tile", "ratio"):
         passes.add_column(column, justify="left" if column == "model" else "right")
-    whole = Table(title=f"Whole analog evaluation ({cfg['inference.repeats']} repeats x "
-                        f"{len(cfg['inference.drift_times'])} drift times, incl. conversion, "
+    whole = Table(title=f"Whole analog evaluation ({exp.evaluation.repeats} repeats x "
+                        f"{len(exp.evaluation.drift_times)} drift times, incl. conversion, "
                         "programming, drift, GDC) vs one digital pass (s)")
     for column in ("model", "digital pass", "C++ tile", "ratio", "torch tile", "ratio"):
         whole.add_column(column, justify="left" if column == "model" else "right")
@@ -152,14 +155,14 @@ def main() -> None:
                        f"({ratio(p['cpp cpu'], p['digital cpu'])})", f"{p['torch']:.3f}",
                        f"{ratio(p['torch'], p['digital'])} "
                        f"({ratio(p['torch cpu'], p['digital cpu'])})")
-        w = whole_evaluation(model, data, proto, cfg, args.runs)
+        w = whole_evaluation(model, data, exp, args.runs)
         whole.add_row(name, f"{w['digital']:.3f}", f"{w['cpp']:.2f}",
                       ratio(w["cpp"], w["digital"]), f"{w['torch']:.2f}",
                       ratio(w["torch"], w["digital"]))
     console.print(passes)
     console.print(whole)
     if not args.no_round:
-        r = default_round(cfg, args.runs)
+        r = default_round(exp, args.runs)
         share = Table(title="Default round: 5 clients x 1 epoch LeNet/digits with feedback loops"
                             " vs the Evaluator's evaluation (clean test + val + PCM 3 x 4)")
         for column in ("tile", "training (s)", "evaluation (s)", "share of round"):
@@ -170,7 +173,7 @@ def main() -> None:
         console.print(share)
     console.print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load "
                   f"average {os.getloadavg()[0]:.2f} (the machine may be shared), protocol "
-                  f"{proto['name']}, device {proto['device']}, batch {batch}")
+                  f"{proto.name}, device {proto.device}, batch {batch}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from analogai_fl.checks import check_experiment
 from analogai_fl.config import resolve
-from analogai_fl.simulation import completed_run, run_config_string
+from analogai_fl.flwr_cli import completed_run, run_config_string
+from analogai_fl.settings import Experiment
 
 OPTIONS = {
     "MSNAT (no option)": {},
@@ -32,7 +33,7 @@ def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     out = Path(sys.argv[2] if len(sys.argv) > 2 else tempfile.mkdtemp(prefix="options-"))
     for option in OPTIONS.values():  # every option's checks before the first run
-        check_experiment(resolve(option | {"training.rounds": rounds}))
+        check_experiment(Experiment.from_config(resolve(option | {"training.rounds": rounds})))
     rows = ["| option | clean | PCM 1s | PCM 1d | PCM 1y | sample passes | wall s |",
             "|---|---|---|---|---|---|---|"]
     for index, (label, option) in enumerate(OPTIONS.items()):

@@ -13,9 +13,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from analogai_fl.data import client_dataset, load_data
+from analogai_fl.data import load_data
 from analogai_fl.models import build_model
-from analogai_fl.training import LocalTraining, TrainingDiverged, accuracy, train_local
+from analogai_fl.partitions import client_dataset
+from analogai_fl.settings import Experiment
+from analogai_fl.training import TrainingDiverged, accuracy, train_local
 from analogai_fl.wire import CONFIG_KEY, DIVERGED
 
 app = ClientApp()
@@ -29,24 +31,27 @@ def client_seed(seed: int, server_round: int, noise_index: int) -> int:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     sent = msg.content["config"]
-    cfg = json.loads(sent[CONFIG_KEY])  # JSON bytes: Flower logs them as <bytes>
+    exp = Experiment.from_config(json.loads(sent[CONFIG_KEY]))  # JSON bytes: Flower logs
     sigma, index, server_round = float(sent["sigma"]), int(sent["noise-index"]), int(
-        sent["server-round"])
-    data = load_data(cfg)  # never downloads: the server fetched it before round 1
-    model = build_model(cfg["model.name"], data.in_channels, data.num_classes, data.image_size)
+        sent["server-round"])                                  # them as <bytes>
+    data = load_data(exp.data)  # never downloads: the server fetched it before round 1
+    model = build_model(exp.model, data.in_channels, data.num_classes, data.image_size)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    setting = LocalTraining.from_config(cfg, sigma, float(sent["proximal-mu"]), index)
-    seed = client_seed(cfg["seed"], server_round, index)
+    setting = exp.local_training(index, float(sent["proximal-mu"]))
+    if setting.sigma != sigma:
+        raise ValueError(f"noise level {index}: the message says sigma {sigma}, the config "
+                         f"{setting.sigma}")
+    seed = client_seed(exp.seed, server_round, index)
     labels = MetricRecord({"sigma": sigma, "noise-index": index})
     try:
-        metrics = train_local(model, client_dataset(data, cfg, index), setting, seed, device,
+        metrics = train_local(model, client_dataset(data, exp.data, index), setting, seed, device,
                               pixel_stats=(data.mean, data.std))
     except TrainingDiverged as err:  # the server names the round and client and stops
         return Message(content=RecordDict({"metrics": labels, DIVERGED: ConfigRecord(
             {"reason": str(err)})}), reply_to=msg)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    metrics["val_acc_noisy"] = accuracy(model, data.val, cfg["inference.batch_size"], device,
+    metrics["val_acc_noisy"] = accuracy(model, data.val, exp.evaluation.batch_size, device,
                                         sigma, setting.noise_c, noise_gen, setting.weight_bits)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     reply = RecordDict({"arrays": ArrayRecord(state),

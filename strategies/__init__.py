@@ -3,10 +3,10 @@ Message-API strategies, each run over the K noise levels by `NoiseLevelDispatch`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from collections.abc import Callable, Collection
 
-from analogai_fl.config import STRATEGY_NAMES, noise_levels
+from analogai_fl.schema import STRATEGY_NAMES
+from analogai_fl.settings import Experiment, StrategySettings
 
 from .dispatch import NoiseLevelDispatch, RoundFailed
 from .flower import (
@@ -22,56 +22,46 @@ from .msnat import MSNATStrategy
 __all__ = ["BUILT_INS", "MSNATStrategy", "NoiseLevelDispatch", "RoundFailed", "build_strategy"]
 
 
-def _fedopt(cfg: Mapping[str, Any]) -> dict[str, float]:
-    return {"eta": cfg["strategy.eta"], "beta_1": cfg["strategy.beta_1"],
-            "beta_2": cfg["strategy.beta_2"], "tau": cfg["strategy.tau"]}
+def _fedopt(s: StrategySettings, exp: Experiment) -> dict[str, float]:
+    return {"eta": s.eta, "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau}
 
 
-def _no_parameters(cfg: Mapping[str, Any]) -> dict[str, float]:
+def _no_parameters(s: StrategySettings, exp: Experiment) -> dict[str, float]:
     return {}
 
 
-# name -> (class, its parameters from the config)
-BUILT_INS: dict[str, tuple[type[NoiseLevelDispatch], Callable[[Mapping[str, Any]], dict]]] = {
+# name -> (class, its parameters from the settings)
+BUILT_INS: dict[str, tuple[type[NoiseLevelDispatch],
+                           Callable[[StrategySettings, Experiment], dict]]] = {
     "fedavg": (FedAvgOverNoiseLevels, _no_parameters),
-    "fedprox": (FedProxOverNoiseLevels, lambda c: {"proximal_mu": c["training.proximal_mu"]}),
+    "fedprox": (FedProxOverNoiseLevels, lambda s, exp: {"proximal_mu": exp.proximal_mu}),
     "fedavgm": (FedAvgMOverNoiseLevels,
-                lambda c: {"server_learning_rate": c["strategy.server_lr"],
-                           "server_momentum": c["strategy.server_momentum"]}),
+                lambda s, exp: {"server_learning_rate": s.server_lr,
+                                "server_momentum": s.server_momentum}),
     "fedadam": (FedAdamOverNoiseLevels, _fedopt),
     "fedyogi": (FedYogiOverNoiseLevels, _fedopt),
-    "fedadagrad": (FedAdagradOverNoiseLevels,
-                   lambda c: {"eta": c["strategy.eta"], "tau": c["strategy.tau"]}),
+    "fedadagrad": (FedAdagradOverNoiseLevels, lambda s, exp: {"eta": s.eta, "tau": s.tau}),
 }
 assert set(BUILT_INS) | {"msnat"} == set(STRATEGY_NAMES)
 
 
-def client_mu(cfg: Mapping[str, Any]) -> float:
-    """mu of the clients' proximal term: part of the feedback loops (`use_neg`), and what
-    FedProx is about."""
-    use = cfg["training.use_neg"] or cfg["strategy.name"] == "fedprox"
-    return cfg["training.proximal_mu"] if use else 0.0
-
-
-def model_buffer_names(cfg: Mapping[str, Any]) -> frozenset[str]:
+def model_buffer_names(exp: Experiment) -> frozenset[str]:
     """State_dict keys of the configured model that are not trainable parameters."""
     from analogai_fl.checks import configured_model
 
-    return frozenset(name for name, _ in configured_model(cfg).named_buffers())
+    return frozenset(name for name, _ in configured_model(exp).named_buffers())
 
 
-def build_strategy(cfg: Mapping[str, Any], round_offset: int = 0,
+def build_strategy(exp: Experiment, round_offset: int = 0,
                    on_client_metrics: Callable[[int, list[dict]], None] | None = None,
                    buffer_names: Collection[str] | None = None) -> NoiseLevelDispatch:
     """The configured strategy over the configured noise levels; `buffer_names` default to
     the configured model's buffers."""
-    name = cfg["strategy.name"]
     common = dict(round_offset=round_offset, on_client_metrics=on_client_metrics,
-                  buffer_names=model_buffer_names(cfg) if buffer_names is None else buffer_names)
-    if name == "msnat":
-        return MSNATStrategy(noise_levels(cfg), fusion=cfg["training.use_fl"],
-                             weighting=cfg["strategy.weighting"],
-                             bn_buffers=cfg["strategy.bn_buffers"], proximal_mu=client_mu(cfg),
-                             **common)
-    cls, parameters = BUILT_INS[name]
-    return cls(noise_levels(cfg), client_mu=client_mu(cfg), **common, **parameters(cfg))
+                  buffer_names=model_buffer_names(exp) if buffer_names is None else buffer_names)
+    s = exp.strategy
+    if s.name == "msnat":
+        return MSNATStrategy(exp.noise_levels, fusion=exp.fused, weighting=s.weighting,
+                             bn_buffers=s.bn_buffers, proximal_mu=exp.client_mu(), **common)
+    cls, parameters = BUILT_INS[s.name]
+    return cls(exp.noise_levels, client_mu=exp.client_mu(), **common, **parameters(s, exp))

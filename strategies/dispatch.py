@@ -22,10 +22,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from logging import INFO
+from typing import ClassVar
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords, sample_nodes
 from flwr.supercore import log
@@ -66,7 +75,7 @@ class NoiseLevelDispatch:
     trainable keys (`list`).
     """
 
-    SERVER_STATE: Mapping[str, type] = {}
+    SERVER_STATE: ClassVar[Mapping[str, type]] = {}
 
     def __init__(self, noise_levels: Sequence[float], *, client_mu: float = 0.0,
                  round_offset: int = 0,
@@ -118,7 +127,8 @@ class NoiseLevelDispatch:
         metrics = msg.content.metric_records.get("metrics", {}) if not msg.has_error() else {}
         if "noise-index" in metrics:
             k = int(metrics["noise-index"])
-            return f"client noise_{k} (sigma {self.noise_levels[k]:g}, node {msg.metadata.src_node_id})"
+            return (f"client noise_{k} (sigma {self.noise_levels[k]:g}, node "
+                    f"{msg.metadata.src_node_id})")
         return f"node {msg.metadata.src_node_id}"
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

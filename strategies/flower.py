@@ -8,6 +8,9 @@ checkpoint so that a resumed run continues exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from .dispatch import NoiseLevelDispatch
@@ -26,7 +29,7 @@ class FedProxOverNoiseLevels(NoiseLevelDispatch, FedProx):
 class FedAvgMOverNoiseLevels(NoiseLevelDispatch, FedAvgM):
     """Flower's FedAvgM, one client per noise level; its momentum is server state."""
 
-    SERVER_STATE = {"momentum_vector": list}
+    SERVER_STATE: ClassVar[Mapping[str, type]] = {"momentum_vector": list}
 
 
 class FedAdamOverNoiseLevels(NoiseLevelDispatch, FedAdam):

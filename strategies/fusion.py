@@ -26,7 +26,7 @@ def fuse(models: Sequence[ArrayRecord], weights: Sequence[float], sigmas: Sequen
     factors = [w / total for w in weights]
     lowest = int(np.argmin(sigmas))
     fused = ArrayRecord()
-    for name in models[0].keys():
+    for name in models[0]:
         arrays = [m[name].numpy() for m in models]
         if np.issubdtype(arrays[0].dtype, np.integer):
             value = np.max(arrays, axis=0)

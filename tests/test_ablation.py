@@ -5,45 +5,50 @@ import subprocess
 
 import pytest
 import torch
+from conftest import local_training
 
-from analogai_fl import ablation, config
+from analogai_fl import ablation, config, schema
 from analogai_fl.config import resolve
+from analogai_fl.flwr_cli import flwr_env
 from analogai_fl.noise import noisy_forward
-from analogai_fl.simulation import flwr_env
-from analogai_fl.training import LocalTraining
+from analogai_fl.settings import Experiment
 from strategies import build_strategy
 
 
 def arm_cfg(name, **changes):
     cfg = config.defaults() | changes
-    return cfg | dict(ablation.arms(cfg)[name].overrides)
+    return cfg | dict(ablation.arms(Experiment.from_config(cfg))[name].overrides)
+
+
+def levels(cfg):
+    return list(Experiment.from_config(cfg).noise_levels)
 
 
 def test_vanilla_sees_no_noise_and_noise_injection_one_sigma():
     vanilla = arm_cfg("vanilla")
-    assert config.noise_levels(vanilla) == [0.0]
-    setting = LocalTraining.from_config(vanilla, 0.0, 0.0)
+    assert levels(vanilla) == [0.0]
+    setting = local_training(vanilla, 0.0, 0.0)
     assert setting.feedback is None
     model = torch.nn.Linear(4, 2).train()
     x = torch.randn(3, 4)
     assert torch.equal(noisy_forward(model, x, setting.sigma), model(x))
-    assert config.noise_levels(arm_cfg("noise_injection")) == [0.2]  # the middle level
-    assert config.noise_levels(arm_cfg("noise_injection", **{
+    assert levels(arm_cfg("noise_injection")) == [0.2]  # the middle level
+    assert levels(arm_cfg("noise_injection", **{
         "ablation.single_sigma": 0.12})) == [0.12]
 
 
 def test_msnat_arms_differ_in_fusion_and_feedback():
-    no_fi, no_fl, full = (build_strategy(arm_cfg(n)) for n in ("msnat_no_fi", "msnat_no_fl",
-                                                               "msnat"))
+    no_fi, no_fl, full = (build_strategy(Experiment.from_config(arm_cfg(n)))
+                          for n in ("msnat_no_fi", "msnat_no_fl", "msnat"))
     assert (no_fi.fusion, no_fl.fusion, full.fusion) == (False, True, True)  # FI off: K models
     assert no_fl.client_mu == 0.0 and full.client_mu > 0
-    assert LocalTraining.from_config(arm_cfg("msnat_no_fl"), 0.1, 0.0).feedback is None
-    assert LocalTraining.from_config(arm_cfg("msnat"), 0.1, 0.0).feedback is not None
-    assert len(config.noise_levels(arm_cfg("msnat"))) == 5
+    assert local_training(arm_cfg("msnat_no_fl"), 0.1, 0.0).feedback is None
+    assert local_training(arm_cfg("msnat"), 0.1, 0.0).feedback is not None
+    assert len(levels(arm_cfg("msnat"))) == 5
 
 
 def test_unknown_arm_and_missing_baseline_are_refused(tmp_path):
-    cfg = resolve({})
+    cfg = Experiment.from_config(resolve({}))
     with pytest.raises(ValueError, match="unknown arm.*'nope'.*known: vanilla"):
         ablation.run_ablation(cfg, {}, tmp_path, [0], ["nope"])
     with pytest.raises(ValueError, match="'hwa_compute' needs the 'msnat' arm"):
@@ -58,7 +63,7 @@ def tiny_ablation(tmp_path_factory):
     overrides = {"training.rounds": 1, "training.client_num_in_total": 2,
                  "inference.repeats": 1, "inference.drift_times": [1.0, 86400.0],
                  "inference.n_w_sweep": [0.0, 0.2], "ablation.n_w_columns": [0.2]}
-    cfg = resolve(overrides)
+    cfg = Experiment.from_config(resolve(overrides))
     try:
         rows = ablation.run_ablation(cfg, overrides, out, [3],
                                      ["vanilla", "msnat_no_fi", "msnat", "hwa"], env=env,
@@ -68,12 +73,13 @@ def tiny_ablation(tmp_path_factory):
     return out, rows
 
 
+@pytest.mark.e2e
 def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
     out, rows = tiny_ablation
     assert [r["arm"] for r in rows] == ["vanilla", "msnat_no_fi", "msnat", "hwa"]
     for r in rows:
         assert 0 <= r["clean"] <= 1 and r["seed"] == 3
-        for name in config.PROTOCOLS:
+        for name in schema.PROTOCOLS:
             results = r["protocols"][name]
             assert set(results["drift"]) == {"1s", "1d"} and set(results["n_w"]) == {0.0, 0.2}
     passes = {r["arm"]: r["sample_passes"] for r in rows}

@@ -1,21 +1,25 @@
 """Real aihwkit tiles: a wrong torch imports aihwkit fine and fails only on the first tile op."""
 
+import dataclasses
+
 import pytest
 import torch
 from aihwkit.simulator.configs import WeightNoiseType
+from conftest import experiment
 from torch import nn
 
-from analogai_fl import analog, config
+from analogai_fl import analog, schema
 from analogai_fl.models import MODELS, build_model
+from analogai_fl.reporting import drift_label
 from analogai_fl.training import accuracy
 
 
 def protocol(**changes):
-    return config.protocol(config.defaults()) | changes
+    return dataclasses.replace(experiment().evaluation.protocol, **changes)
 
 
 # mobilenetv2 (7172 tiles, one per depthwise channel: ~15 s to convert) is covered by
-# tests/test_models.py::test_pcm_accuracy_converts_every_layer_and_returns_sane_numbers.
+# tests/test_models.py::test_drift_accuracy_converts_every_layer_and_returns_sane_numbers.
 @pytest.mark.parametrize("name", sorted(set(MODELS) - {"mobilenetv2"}))
 def test_every_conv_and_linear_becomes_an_analog_tile(name):
     model = build_model(name, 1, 10, 32)
@@ -57,7 +61,7 @@ def test_drift_without_compensation_shrinks_outputs_and_gdc_restores_them(traine
     assert output_scale(True, 3.15e7) == pytest.approx(output_scale(True, 1.0), rel=0.15)
 
 
-def test_pcm_accuracy_repeats_with_fresh_programming(trained, digits, monkeypatch):
+def test_drift_accuracy_repeats_with_fresh_programming(trained, digits, monkeypatch):
     programmed = []
     original = type(analog.to_analog(trained, protocol())).program_analog_weights
 
@@ -67,7 +71,7 @@ def test_pcm_accuracy_repeats_with_fresh_programming(trained, digits, monkeypatc
 
     monkeypatch.setattr(type(analog.to_analog(trained, protocol())), "program_analog_weights",
                         count)
-    result = analog.pcm_accuracy(trained, digits.test, protocol(), [1.0, 86400.0], repeats=3,
+    result = analog.drift_accuracy(trained, digits.test, protocol(), [1.0, 86400.0], repeats=3,
                                  seed=0)
     assert len(programmed) == 3
     assert set(result) == {"1s", "1d"}
@@ -78,21 +82,21 @@ def test_pcm_accuracy_repeats_with_fresh_programming(trained, digits, monkeypatc
 
 def test_the_seed_protocol_is_harsher_than_the_realistic_one(trained, digits):
     def pcm_1s(proto):
-        return analog.pcm_accuracy(trained, digits.test, proto, [1.0], repeats=1, seed=0)[
+        return analog.drift_accuracy(trained, digits.test, proto, [1.0], repeats=1, seed=0)[
             "1s"]["mean"]
 
-    seed = config.protocol(config.defaults() | {"inference.protocol": "seed",
-                                                "inference.platform.aihwkit.n_w": 0.1})
+    seed = experiment(**{"inference.protocol": "seed",
+                         "inference.platform.aihwkit.n_w": 0.1}).evaluation.protocol
     realistic = protocol(n_w=0.1)
     assert pcm_1s(seed) < pcm_1s(realistic) - 0.2
 
 
 def test_config_knows_exactly_the_implemented_devices():
-    assert set(config.DEVICES) == set(analog.DEVICE_MODELS)
+    assert set(schema.DEVICES) == set(analog.DEVICE_MODELS)
 
 
 def test_drift_labels():
-    assert [analog.drift_label(t) for t in (1, 3600, 86400, 31536000, 90, 1.5)] == [
+    assert [drift_label(t) for t in (1, 3600, 86400, 31536000, 90, 1.5)] == [
         "1s", "1h", "1d", "1y", "1.5min", "1.5s"]
 
 
@@ -100,12 +104,12 @@ def test_drift_labels():
 
 def noise_free(**changes):
     """Deterministic forward: no device noise, no drift compensation, no output noise."""
-    return protocol(device="ideal", drift_compensation=False, out_noise=0.0) | changes
+    return protocol(device="ideal", drift_compensation=False, out_noise=0.0, **changes)
 
 
 def outputs(model, proto, x, tile, seed=0):
     torch.manual_seed(seed)
-    converted = analog.to_analog(model, proto | {"tile": tile})
+    converted = analog.to_analog(model, dataclasses.replace(proto, tile=tile))
     converted.program_analog_weights()
     with torch.no_grad():
         return converted(x)
@@ -113,8 +117,8 @@ def outputs(model, proto, x, tile, seed=0):
 
 @pytest.mark.parametrize("name", ["realistic", "seed"])
 def test_torch_tile_matches_cpp_tile_without_noise(trained, digits, name):
-    proto = config.protocol(config.defaults() | {"inference.protocol": name})
-    proto |= {"device": "ideal", "drift_compensation": False, "out_noise": 0.0}
+    proto = experiment().evaluation.protocols[name]
+    proto = dataclasses.replace(proto, device="ideal", drift_compensation=False, out_noise=0.0)
     x = digits.test.tensors[0]
     cpp, torch_tile = outputs(trained, proto, x, "cpp"), outputs(trained, proto, x, "torch")
     differ = (cpp - torch_tile).abs() > 1e-4  # float summation order: rare 1-step DAC ties
@@ -163,7 +167,7 @@ def test_an_all_zero_input_vector_gives_exact_zeros_like_cpp():
 
 def test_torch_tile_evaluation_is_reproducible_with_its_seed(trained, digits):
     proto = protocol(tile="torch", n_w=0.05)
-    runs = [analog.pcm_accuracy(trained, digits.test, proto, [1.0, 3600.0], 2, seed=5)
+    runs = [analog.drift_accuracy(trained, digits.test, proto, [1.0, 3600.0], 2, seed=5)
             for _ in range(2)]
     assert runs[0] == runs[1]
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import experiment
 
 from analogai_fl import checks, cli, config
 from analogai_fl.config import ConfigError, resolve
 from analogai_fl.data import load_data
+from analogai_fl.settings import Experiment
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -48,11 +50,12 @@ def test_check_refuses_in_one_line_with_exit_code_2(capsys, run_config, message)
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_model_without_batchnorm_trains_on_one_example_per_client(cfg):
-    tiny = cfg | {"data.partition": "iid", "data.max_train_examples": 5}
-    checks.check_client_shares(tiny, load_data(tiny))  # lenet: one example each is enough
+def test_a_model_without_batchnorm_trains_on_one_example_per_client():
+    tiny = {"data.partition": "iid", "data.max_train_examples": 5}
+    data = load_data(experiment(**tiny).data)
+    checks.check_client_shares(experiment(**tiny), data)  # lenet: one example each is enough
     with pytest.raises(ConfigError, match="needs at least 2 per client"):
-        checks.check_client_shares(tiny | {"model.name": "vgg8"}, load_data(tiny))
+        checks.check_client_shares(experiment(**tiny, **{"model.name": "vgg8"}), data)
 
 
 @pytest.mark.parametrize("run_config", [
@@ -85,19 +88,18 @@ def test_infer_refuses_before_evaluating(capsys, tmp_path, trained):
 def test_every_preset_passes_every_check():
     """What the project ships must pass its own checks (model/size, BatchNorm batches)."""
     for path in sorted(config.PROJECT_DIR.glob("conf/*.yaml")):
-        checks.check_experiment(resolve({config.CONF_KEY: str(path)}))
+        checks.check_experiment(Experiment.from_config(resolve({config.CONF_KEY: str(path)})))
 
 
-def test_checks_leave_the_callers_rng_alone(cfg):
+def test_checks_leave_the_callers_rng_alone():
     import torch
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    checks.check_experiment(cfg | {"model.name": "vgg8"})
+    checks.check_experiment(experiment(**{"model.name": "vgg8"}))
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_a_config_error_is_raised_for_an_impossible_image_size():
     with pytest.raises(ConfigError, match="'model.name'='vgg8' and 'data.image_size'=4 do not fit"):
-        checks.configured_model(config.defaults() | {"model.name": "vgg8",
-                                                     "data.image_size": 4})
+        checks.configured_model(experiment(**{"model.name": "vgg8", "data.image_size": 4}))

@@ -4,12 +4,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from analogai_fl import config
+from analogai_fl import config, generate, schema
 from analogai_fl.analog import rpu_config
 from analogai_fl.config import ConfigError, resolve
 from analogai_fl.models import MODELS
-from analogai_fl.training import LocalTraining
+from analogai_fl.settings import Experiment
 from strategies import build_strategy
+
+
+def exp(cfg) -> Experiment:
+    return Experiment.from_config(cfg)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,14 +29,14 @@ def test_default_conf_file_lists_every_key_with_its_default():
     assert config.load_yaml(ROOT / config.DEFAULT_CONF) == config.defaults()
 
 
-@pytest.mark.parametrize("path", sorted(config.generated_files(), key=str), ids=str)
+@pytest.mark.parametrize("path", sorted(generate.generated_files(), key=str), ids=str)
 def test_generated_key_lists_are_up_to_date(path):
-    assert path.read_text() == config.generated_files()[path], (
-        f"{path.name} is stale: run `python -m analogai_fl.config --write`")
+    assert path.read_text() == generate.generated_files()[path], (
+        f"{path.name} is stale: run `python -m analogai_fl.generate --write`")
 
 
 def test_model_choices_match_the_model_registry():
-    assert set(config.SCHEMA["model.name"].choices) == set(MODELS)
+    assert set(schema.SCHEMA["model.name"].choices) == set(MODELS)
 
 
 def test_precedence_defaults_then_conf_file_then_command_line(tmp_path):
@@ -42,7 +46,7 @@ def test_precedence_defaults_then_conf_file_then_command_line(tmp_path):
     assert cfg["training.rounds"] == 3          # command line beats the file
     assert cfg["training.lr"] == 0.01           # file beats the default
     assert cfg["training.batch_size"] == 64     # "" = not given: default
-    assert cfg["output.name"] == "exp"
+    assert exp(cfg).output.name == "exp"  # a run folder is named after its conf file
 
 
 def test_default_conf_is_used_when_none_is_named():
@@ -55,16 +59,17 @@ def sigma(k):
 
 # Each seed key, set away from its default, must change what the code that uses it sees.
 SEED_KEYS = {
-    "training.batch_size": (16, lambda c: LocalTraining.from_config(c, 0.1, 0).batch_size == 16),
-    "training.use_fl": (False, lambda c: build_strategy(c).fusion is False),
-    "training.use_neg": (False, lambda c: LocalTraining.from_config(c, 0.1, 0).feedback is None
-                         and build_strategy(c).proximal_mu == 0.0),
-    sigma(0): (0.05, lambda c: build_strategy(c).noise_levels[0] == 0.05),
-    sigma(4): (0.5, lambda c: build_strategy(c).noise_levels[4] == 0.5),
+    "training.batch_size": (16, lambda c: exp(c).training.batch_size == 16),
+    "training.use_fl": (False, lambda c: build_strategy(exp(c)).fusion is False),
+    "training.use_neg": (False, lambda c: exp(c).training.feedback is None
+                         and build_strategy(exp(c)).proximal_mu == 0.0),
+    sigma(0): (0.05, lambda c: build_strategy(exp(c)).noise_levels[0] == 0.05),
+    sigma(4): (0.5, lambda c: build_strategy(exp(c)).noise_levels[4] == 0.5),
     "inference.platform.aihwkit": (False, lambda c: c["inference.platform.aihwkit.use"] is False),
-    "inference.platform.aihwkit.device": ("PCM", lambda c: config.protocol(c)["device"] == "PCM"),
+    "inference.platform.aihwkit.device": (
+        "PCM", lambda c: exp(c).evaluation.protocol.device == "PCM"),
     "inference.platform.aihwkit.n_w": (
-        0.2, lambda c: rpu_config(config.protocol(c)).forward.w_noise == 0.2),
+        0.2, lambda c: rpu_config(exp(c).evaluation.protocol).forward.w_noise == 0.2),
 }
 
 
@@ -78,15 +83,15 @@ def test_feedback_and_proximal_settings_are_keys():
     cfg = resolve({"training.feedback.offsets": "0.1,0.2", "training.feedback.weights": "1,0.5",
                    "training.feedback.beta": 0.01, "training.feedback.temperature": 2.0,
                    "training.proximal_mu": 0.3})
-    fb = LocalTraining.from_config(cfg, 0.1, 0).feedback
+    fb = exp(cfg).training.feedback
     assert (list(fb.offsets), list(fb.weights), fb.beta, fb.temperature) == (
         [0.1, 0.2], [1.0, 0.5], 0.01, 2.0)
-    assert build_strategy(cfg).proximal_mu == 0.3
+    assert build_strategy(exp(cfg)).proximal_mu == 0.3
 
 
 def test_fewer_noise_levels():
     cfg = resolve({"training.client_num_in_total": 3})
-    assert config.noise_levels(cfg) == [0.10, 0.15, 0.20]
+    assert exp(cfg).noise_levels == (0.10, 0.15, 0.20)
 
 
 @pytest.mark.parametrize("run_config,key,expected", [
@@ -168,7 +173,7 @@ def test_preset_loads_validates_and_says_what_its_name_says(path):
     cfg = resolve({"conf": str(path)})
     arch, data, _, k, _, low, high, fi, fl, *option = path.stem.split("_")
     assert (cfg["model.name"], cfg["data.name"]) == (arch, data)
-    sigmas = config.noise_levels(cfg)
+    sigmas = exp(cfg).noise_levels
     assert len(sigmas) == int(k) and (min(sigmas), max(sigmas)) == (float(low), float(high))
     assert (cfg["training.use_fl"], cfg["training.use_neg"]) == (fi == "T", fl == "T")
     option_keys = {"sam": "recovery.optimizer.sam", "asam": "recovery.optimizer.adaptive",

@@ -22,9 +22,27 @@ import torchvision.datasets as tvd
 
 from analogai_fl import config
 from analogai_fl import data as D
+from analogai_fl import partitions as P
 from analogai_fl.config import ConfigError
-from analogai_fl.data import (DataNotFoundError, client_dataset, dataset_labels,
-                              describe_partition, load_data, partition_indices)
+from analogai_fl.data import DataNotFoundError
+from analogai_fl.partitions import dataset_labels, partition_indices
+from analogai_fl.settings import Experiment
+
+
+def settings(cfg: dict):
+    return Experiment.from_config(cfg).data
+
+
+def load_data(cfg: dict, download: bool = False) -> D.Splits:
+    return D.load_data(settings(cfg), download)
+
+
+def client_dataset(splits, cfg: dict, k: int):
+    return P.client_dataset(splits, settings(cfg), k)
+
+
+def describe_partition(splits, cfg: dict):
+    return P.describe_partition(splits, settings(cfg))
 
 N_TRAIN, N_TEST = 80, 20
 SHAPES = {"mnist": (1, 28), "fashionmnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32),
@@ -125,10 +143,10 @@ def accept_tiny_files(monkeypatch: pytest.MonkeyPatch, name: str, md5s: dict) ->
 @pytest.fixture(autouse=True)
 def fresh_caches():
     D.torchvision_splits.cache_clear()
-    D._cached_partition.cache_clear()
+    P._cached_partition.cache_clear()
     yield
     D.torchvision_splits.cache_clear()
-    D._cached_partition.cache_clear()
+    P._cached_partition.cache_clear()
 
 
 def tiny_cfg(name: str, root: Path, **changes) -> dict:
@@ -306,7 +324,7 @@ def test_missing_data_set_is_a_clear_error_naming_the_path(tmp_path, name):
     with pytest.raises(ConfigError) as err:
         load_data(cfg)  # download=False: nothing is fetched
     message = str(err.value)
-    assert str((tmp_path / "nothing" / folder)).rstrip("/") in message
+    assert str(tmp_path / "nothing" / folder).rstrip("/") in message
     assert "data.download=true" in message
 
 
@@ -387,7 +405,7 @@ def test_partitions_are_disjoint_cover_the_split_and_are_deterministic(cfg, digi
     assert sum(len(p) for p in parts) == n
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(n))  # disjoint, complete
     assert min(len(p) for p in parts) >= 1
-    D._cached_partition.cache_clear()
+    P._cached_partition.cache_clear()
     assert all(np.array_equal(a, b) for a, b in zip(parts, shards(digits, c)))  # same seed
     other = shards(digits, c | {"seed": cfg["seed"] + 1})
     assert not all(np.array_equal(a, b) for a, b in zip(parts, other))  # seed matters

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import local_training
 
-from analogai_fl import simulation
+from analogai_fl import flwr_cli
 from analogai_fl.data import load_data
+from analogai_fl.flwr_cli import flwr_env
 from analogai_fl.models import build_model
-from analogai_fl.simulation import flwr_env
+from analogai_fl.settings import Experiment
+
+pytestmark = pytest.mark.e2e  # every test here starts `flwr run`
 
 ENV: dict[str, str] = {}
 
@@ -32,11 +36,11 @@ def flwr_home(tmp_path_factory):
 
 
 def flwr_run(run_config: str) -> tuple[str, str]:
-    return simulation.flwr_run(run_config, ENV, timeout=900)
+    return flwr_cli.flwr_run(run_config, ENV, timeout=900)
 
 
 def completed(run_config: str) -> str:
-    return simulation.completed_run(run_config, ENV, timeout=900)
+    return flwr_cli.completed_run(run_config, ENV, timeout=900)
 
 
 def run_folders(parent: Path) -> list[Path]:
@@ -132,7 +136,7 @@ STRATEGY_RUNS = {
 @pytest.mark.parametrize("strategy", sorted(STRATEGY_RUNS))
 def test_each_strategy_runs_a_round_with_noise_levels_and_pcm(strategy, tmp_path):
     from analogai_fl.config import resolve
-    from analogai_fl.training import LocalTraining, passes_per_example
+    from analogai_fl.training import passes_per_example
 
     options = STRATEGY_RUNS[strategy]
     completed(f"strategy.name='{strategy}' {options} training.client_num_in_total=2 "
@@ -146,9 +150,9 @@ def test_each_strategy_runs_a_round_with_noise_levels_and_pcm(strategy, tmp_path
     clients = [json.loads(x) for x in (folder / "clients.jsonl").read_text().splitlines()]
     assert sorted(c["sigma"] for c in clients) == [0.10, 0.15]
     for c in clients:
-        setting = LocalTraining.from_config(cfg, c["sigma"], 0.0, int(c["noise-index"]))
+        setting = local_training(cfg, c["sigma"], 0.0, int(c["noise-index"]))
         assert c["sample_passes"] == c["num-examples"] * passes_per_example(setting)
-    train_size = len(load_data(cfg).train)
+    train_size = len(load_data(Experiment.from_config(cfg).data).train)
     shares = sum(c["num-examples"] for c in clients)
     # full: every client sees the whole training split; iid/dirichlet: disjoint shards of it
     assert shares == (train_size if "partition" in options else 2 * train_size)

@@ -8,14 +8,22 @@ import dataclasses
 import pytest
 import torch
 from aihwkit.nn.modules.base import AnalogLayerBase
-from aihwkit.simulator.configs import (InferenceRPUConfig, TorchInferenceRPUConfig,
-                                       WeightModifierType)
+from aihwkit.simulator.configs import (
+    InferenceRPUConfig,
+    TorchInferenceRPUConfig,
+    WeightModifierType,
+)
 
 from analogai_fl import config, hwa
 from analogai_fl.models import build_model
+from analogai_fl.settings import Experiment, HWASettings
 from analogai_fl.training import accuracy
 
 EPOCHS = 3
+
+
+def H(cfg: dict) -> HWASettings:
+    return Experiment.from_config(cfg).hwa
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,7 @@ def hwa_cfg() -> dict:
 @pytest.fixture(scope="module")
 def trained(hwa_cfg, digits):
     """One short HWA run: the analog model, its statistics and the digital copy."""
-    analog, stats = hwa.train_analog(hwa_cfg, digits, EPOCHS, seed=0)
+    analog, stats = hwa.train_analog(hwa_cfg["model.name"], H(hwa_cfg), digits, EPOCHS, seed=0)
     plain = build_model(hwa_cfg["model.name"], digits.in_channels, digits.num_classes,
                         digits.image_size)
     digital = hwa.to_digital(analog, plain)
@@ -87,7 +95,7 @@ def test_training_injects_weight_noise(hwa_cfg, trained, digits, lenet):
     # post_update_step, which AnalogSGD.step calls after each update), never in eval mode
     quiet = hwa_cfg | {"ablation.hwa.out_noise": 0.0, "ablation.hwa.dac_bits": 0,
                        "ablation.hwa.adc_bits": 0}
-    model = hwa.to_analog_trainable(lenet, quiet)
+    model = hwa.to_analog_trainable(lenet, H(quiet))
     x = digits.test.tensors[0][:32]
 
     def next_batch() -> torch.Tensor:
@@ -124,21 +132,21 @@ def test_seeded_runs_repeat_and_leave_the_rng_alone(hwa_cfg, digits):
     small = dataclasses.replace(digits, train=torch.utils.data.TensorDataset(
         *(t[:192] for t in digits.train.tensors)))
     state = torch.random.get_rng_state()
-    first, stats1 = hwa.train_hwa(hwa_cfg, small, 1, seed=3)
+    first, stats1 = hwa.train_hwa(hwa_cfg["model.name"], H(hwa_cfg), small, 1, seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
-    second, stats2 = hwa.train_hwa(hwa_cfg, small, 1, seed=3)
-    other, _ = hwa.train_hwa(hwa_cfg, small, 1, seed=4)
+    second, stats2 = hwa.train_hwa(hwa_cfg["model.name"], H(hwa_cfg), small, 1, seed=3)
+    other, _ = hwa.train_hwa(hwa_cfg["model.name"], H(hwa_cfg), small, 1, seed=4)
     assert stats1["train_loss"] == stats2["train_loss"]
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
     assert any(not torch.equal(v, other.state_dict()[k]) for k, v in first.state_dict().items())
     with pytest.raises(ValueError, match="epoch"):
-        hwa.train_hwa(hwa_cfg, small, 0, seed=3)
+        hwa.train_hwa(hwa_cfg["model.name"], H(hwa_cfg), small, 0, seed=3)
 
 
 def test_rejects_cpp_tile_on_gpu_and_unknown_tile(hwa_cfg, lenet):
     with pytest.raises(ValueError, match="cpp"):
-        hwa.to_analog_trainable(lenet, hwa_cfg | {"ablation.hwa.tile": "cpp"}, "cuda")
+        hwa.to_analog_trainable(lenet, H(hwa_cfg | {"ablation.hwa.tile": "cpp"}), "cuda")
     with pytest.raises(config.ConfigError, match="ablation.hwa.tile.*'cpp', 'torch'"):
         config.resolve({"ablation.hwa.tile": "gpu"})
 
@@ -148,7 +156,7 @@ def test_torch_tile_trains_and_converts(hwa_cfg, digits):
     cfg = hwa_cfg | {"ablation.hwa.tile": "torch"}
     small = dataclasses.replace(digits, train=torch.utils.data.TensorDataset(
         *(t[:256] for t in digits.train.tensors)))
-    analog, stats = hwa.train_analog(cfg, small, 1, seed=0)
+    analog, stats = hwa.train_analog(cfg["model.name"], H(cfg), small, 1, seed=0)
     assert stats["tile"] == "torch" and stats["sample_gradients"] == 256
     assert all(type(t.rpu_config) is TorchInferenceRPUConfig for t in analog.analog_tiles())
     digital = hwa.to_digital(analog, build_model(cfg["model.name"], digits.in_channels,
@@ -164,12 +172,13 @@ def test_hwa_trains_a_batchnorm_model_whose_last_batch_has_one_example(hwa_cfg):
 
     from analogai_fl.data import Splits
     g = torch.Generator().manual_seed(0)
-    train = TensorDataset(torch.randn(9, 3, 8, 8, generator=g), torch.randint(0, 10, (9,), generator=g))
+    train = TensorDataset(torch.randn(9, 3, 8, 8, generator=g),
+                          torch.randint(0, 10, (9,), generator=g))
     data = Splits(train=train, val=train, test=train, in_channels=3, num_classes=10,
                   image_size=8, mean=(0.0,) * 3, std=(1.0,) * 3)
     cfg = hwa_cfg | {"model.name": "resnet18", "ablation.hwa.batch_size": 4,
                      "ablation.hwa.tile": "torch"}
-    _, stats = hwa.train_analog(cfg, data, epochs=1, seed=0)
+    _, stats = hwa.train_analog(cfg["model.name"], H(cfg), data, epochs=1, seed=0)
     assert stats["train_examples"] == 9
 
 
@@ -187,4 +196,4 @@ def test_hwa_divergence_is_a_clear_error(hwa_cfg, digits):
     broken = dataclasses.replace(digits, train=TensorDataset(x, y))
     with pytest.raises(TrainingDiverged, match=r"HWA baseline, epoch 1, step \d+: training loss "
                        r"is nan; try a smaller ablation.hwa.lr \(now 0.05\)"):
-        hwa.train_analog(hwa_cfg, broken, epochs=1, seed=0)
+        hwa.train_analog(hwa_cfg["model.name"], H(hwa_cfg), broken, epochs=1, seed=0)

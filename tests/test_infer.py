@@ -1,6 +1,7 @@
 """Device models, tile choice and `analogai-fl infer` on checkpoints of a tiny in-process run."""
 
 import csv
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -9,24 +10,25 @@ import pytest
 import torch
 from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
 
-from analogai_fl import analog, cli, config
+from analogai_fl import analog, cli, config, schema, tiles
 from analogai_fl.models import build_model
 from analogai_fl.outputs import RunFolder
+from analogai_fl.settings import Experiment
 from analogai_fl.training import accuracy
 
 TIMES = [1.0, 31536000.0]
 
 
 def protocol(**keys):
-    return config.protocol(config.defaults() | keys)
+    return Experiment.from_config(config.defaults() | keys).evaluation.protocol
 
 
 # --- device models ---------------------------------------------------------------------------
 
 def test_ideal_device_without_converters_or_noise_is_the_digital_model(trained, digits):
-    proto = protocol(**{"inference.platform.aihwkit.device": "ideal"}) | {
-        "dac_bits": 0, "adc_bits": 0, "out_noise": 0.0}
-    result = analog.pcm_accuracy(trained, digits.test, proto, TIMES, repeats=2, seed=0)
+    proto = dataclasses.replace(protocol(**{"inference.platform.aihwkit.device": "ideal"}),
+                                dac_bits=0, adc_bits=0, out_noise=0.0)
+    result = analog.drift_accuracy(trained, digits.test, proto, TIMES, repeats=2, seed=0)
     clean = accuracy(trained, digits.test)
     assert [e["mean"] for e in result.values()] == [clean, clean]
 
@@ -34,14 +36,14 @@ def test_ideal_device_without_converters_or_noise_is_the_digital_model(trained, 
 def test_ideal_device_keeps_the_protocols_forward_noise(trained, digits):
     proto = protocol(**{"inference.platform.aihwkit.device": "ideal",
                         "inference.platform.aihwkit.n_w": 0.3})
-    noisy = analog.pcm_accuracy(trained, digits.test, proto, [1.0], repeats=1, seed=0)
+    noisy = analog.drift_accuracy(trained, digits.test, proto, [1.0], repeats=1, seed=0)
     assert noisy["1s"]["mean"] < accuracy(trained, digits.test) - 0.02
 
 
 def test_pcm_drift_costs_more_accuracy_without_drift_compensation(trained, digits):
     def drop(gdc: bool) -> float:
         proto = protocol(**{"inference.protocols.realistic.drift_compensation": gdc})
-        r = analog.pcm_accuracy(trained, digits.test, proto, TIMES, repeats=2, seed=0)
+        r = analog.drift_accuracy(trained, digits.test, proto, TIMES, repeats=2, seed=0)
         return r["1s"]["mean"] - r["1y"]["mean"]
 
     assert drop(gdc=False) > drop(gdc=True) + 0.05
@@ -49,15 +51,15 @@ def test_pcm_drift_costs_more_accuracy_without_drift_compensation(trained, digit
 
 def test_reram_converts_and_evaluates_at_its_measured_times(trained, digits):
     from aihwkit.inference import ReRamWan2022NoiseModel
-    times = list(config.RERAM_DRIFT_TIMES)  # the only times the installed aihwkit fits
+    times = list(schema.RERAM_DRIFT_TIMES)  # the only times the installed aihwkit fits
     assert times == sorted(ReRamWan2022NoiseModel(g_max=analog.RERAM_G_MAX).coeff_dic)
     proto = protocol(**{"inference.platform.aihwkit.device": "ReRAM",
                         "inference.drift_times": times, "inference.reram.noise_scale": 2.0})
-    assert proto["reram_noise_scale"] == 2.0
+    assert proto.reram_noise_scale == 2.0
     rpu = analog.rpu_config(proto)
     assert type(rpu.noise_model).__name__ == "ReRamWan2022NoiseModel"
     assert rpu.noise_model.g_max == analog.RERAM_G_MAX and rpu.noise_model.noise_scale == 2.0
-    result = analog.pcm_accuracy(trained, digits.test, proto, times, repeats=2, seed=0)
+    result = analog.drift_accuracy(trained, digits.test, proto, times, repeats=2, seed=0)
     assert list(result) == ["1s", "1d", "2d"]
     assert all(0.5 < e["mean"] <= 1.0 for e in result.values())
 
@@ -69,7 +71,7 @@ def test_reram_refuses_drift_times_it_has_no_data_for():
 
 def test_the_three_devices_program_different_weights(trained):
     programmed = {}
-    for device in config.DEVICES:
+    for device in schema.DEVICES:
         times = {"inference.drift_times": [1.0]} if device == "ReRAM" else {}
         proto = protocol(**{"inference.platform.aihwkit.device": device, **times})
         torch.manual_seed(0)
@@ -91,13 +93,13 @@ def test_tile_key_picks_the_rpu_config_class_and_both_evaluate(trained, digits):
     configs = {t: analog.rpu_config(protocol(**{"inference.tile": t})) for t in ("cpp", "torch")}
     assert type(configs["cpp"]) is InferenceRPUConfig
     assert isinstance(configs["torch"], TorchInferenceRPUConfig)
-    assert configs["torch"].simulator_tile_class is analog.CppMatchingTorchTile
+    assert configs["torch"].simulator_tile_class is tiles.CppMatchingTorchTile
     for tile, rpu in configs.items():
         assert rpu.forward.w_noise == 0.0
         proto = protocol(**{"inference.tile": tile, "inference.platform.aihwkit.n_w": 0.05})
         model = analog.to_analog(trained, proto)
         assert type(next(model.analog_tiles()).rpu_config) is type(rpu)
-        r = analog.pcm_accuracy(trained, digits.test, proto, [1.0], repeats=1, seed=0)
+        r = analog.drift_accuracy(trained, digits.test, proto, [1.0], repeats=1, seed=0)
         assert r["1s"]["mean"] > 0.7, tile
 
 
@@ -108,7 +110,7 @@ def test_aihwkits_own_torch_tile_refuses_n_w_which_ours_simulates():
     rpu = analog.rpu_config(protocol(**{"inference.platform.aihwkit.n_w": 0.1}))
     with pytest.raises(ConfigError, match="w_noise"):
         TorchSimulatorTile(4, 2, rpu)
-    analog.CppMatchingTorchTile(4, 2, rpu)
+    tiles.CppMatchingTorchTile(4, 2, rpu)
 
 
 def test_n_w_sweep_uses_the_same_device_draws_for_every_n_w(trained, digits, monkeypatch):
@@ -127,7 +129,7 @@ def test_n_w_sweep_uses_the_same_device_draws_for_every_n_w(trained, digits, mon
     assert all(torch.equal(a, b) for a, b in zip(seen[:per_n_w], seen[per_n_w:]))
     assert not torch.equal(seen[0], seen[2])  # repeats differ, each its own programming
     assert sweep[0.3]["1s"]["mean"] < sweep[0.0]["1s"]["mean"]
-    assert sweep[0.0] == analog.pcm_accuracy(trained, digits.test, protocol(), [1.0, 3600.0],
+    assert sweep[0.0] == analog.drift_accuracy(trained, digits.test, protocol(), [1.0, 3600.0],
                                              2, 0)
 
 
@@ -158,7 +160,7 @@ def run(tmp_path_factory, trained):
     (round 1 fused; round 2 with fusion off, two noise levels)."""
     cfg = config.defaults() | {"output.dir": str(tmp_path_factory.mktemp("runs")),
                                "output.name": "tiny"}
-    folder = RunFolder.create(cfg)
+    folder = RunFolder.create(Experiment.from_config(cfg).output, config.dump_yaml(cfg))
     folder.save_checkpoint(1, [trained.state_dict()], fused=True)
     torch.manual_seed(1)
     other = build_model("lenet", 1, 10, 32).state_dict()  # untrained: chance accuracy
@@ -259,6 +261,7 @@ def test_infer_rejects_bad_options_in_one_line(run, tmp_path, capsys):
     assert "--conf" in error_of(["infer", str(lonely)], capsys)  # no run folder around it
 
 
+@pytest.mark.e2e
 def test_console_script_is_installed_and_runs_infer(run, tmp_path):
     script = Path(sys.executable).parent / "analogai-fl"
     done = subprocess.run([str(script), "infer", str(run.checkpoints / "round_0001.pt"),

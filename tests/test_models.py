@@ -7,16 +7,22 @@ import pytest
 import torch
 from aihwkit.nn.conversion import convert_to_analog
 from aihwkit.simulator.configs import InferenceRPUConfig
+from conftest import experiment, local_training
 from torch import nn
 from torch.utils.data import TensorDataset
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 
-from analogai_fl import analog, config
-from analogai_fl.models import (MODELS, GroupedConv, build_model, merge_grouped_convs,
-                                split_grouped_convs)
+from analogai_fl import analog, config, schema
+from analogai_fl.models import (
+    MODELS,
+    GroupedConv,
+    build_model,
+    merge_grouped_convs,
+    split_grouped_convs,
+)
 from analogai_fl.noise import noisy_forward, noisy_weight_names
-from analogai_fl.training import LocalTraining, make_optimizer, msnat_loss
+from analogai_fl.training import make_optimizer, msnat_loss
 
 NAMES = sorted(MODELS)
 LAYERS = (nn.Conv2d, nn.Linear)
@@ -43,7 +49,7 @@ def test_logits_shape(name, in_channels, num_classes, image_size):
 
 
 def test_registry_matches_the_config_choices():
-    assert tuple(MODELS) == config.MODEL_NAMES
+    assert tuple(MODELS) == schema.MODEL_NAMES
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -132,7 +138,7 @@ def test_resnet_shortcut_convolutions_are_noisy():
 @pytest.mark.parametrize("name", NAMES)
 def test_msnat_step_trains_every_parameter_and_batchnorm_statistics(name):
     model = build(name).train()
-    setting = LocalTraining.from_config(config.defaults() | {"training.use_neg": True}, 0.1,
+    setting = local_training(config.defaults() | {"training.use_neg": True}, 0.1,
                                         0.0)
     assert setting.feedback is not None and setting.sigma > 0
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -218,7 +224,7 @@ def test_split_mobilenetv2_is_the_same_network():
 
 
 def test_to_analog_maps_grouped_convolutions_to_one_tile_per_group():
-    protocol = config.protocol(config.defaults())
+    protocol = experiment().evaluation.protocol
     model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=4), nn.Flatten(), nn.Linear(8, 2))
     analog_model = analog.to_analog(model, protocol)
     assert len(list(analog_model.analog_layers())) == 4 + 1
@@ -226,7 +232,7 @@ def test_to_analog_maps_grouped_convolutions_to_one_tile_per_group():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_pcm_accuracy_converts_every_layer_and_returns_sane_numbers(name, monkeypatch):
+def test_drift_accuracy_converts_every_layer_and_returns_sane_numbers(name, monkeypatch):
     model = build(name, in_channels=3)
     converted = []
     to_analog = analog.to_analog
@@ -238,8 +244,8 @@ def test_pcm_accuracy_converts_every_layer_and_returns_sane_numbers(name, monkey
     monkeypatch.setattr(analog, "to_analog", spy)
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
-    result = analog.pcm_accuracy(model, data, config.protocol(config.defaults()), [1.0],
-                                 repeats=1, seed=0)
+    result = analog.drift_accuracy(model, data, experiment().evaluation.protocol, [1.0],
+                                   repeats=1, seed=0)
     assert len(converted) == 1
     assert len(list(converted[0].analog_layers())) == expected_tiles(model)
     assert not any(type(m) in LAYERS for m in converted[0].modules())  # nothing left digital

@@ -6,18 +6,24 @@ from flwr.app import ArrayRecord
 
 from analogai_fl import config
 from analogai_fl.outputs import RunFolder
-from analogai_fl.server_app import Evaluator, final_table
+from analogai_fl.reporting import final_table
+from analogai_fl.server_app import Evaluator
+from analogai_fl.settings import Experiment
+
+
+def named(cfg, tmp_path) -> dict:
+    return cfg | {"output.dir": str(tmp_path), "output.name": "t"}
 
 
 @pytest.fixture
 def run(tmp_path, cfg):
-    return RunFolder.create(cfg | {"output.dir": str(tmp_path), "output.name": "t"})
+    return RunFolder.create(Experiment.from_config(named(cfg, tmp_path)).output,
+                            config.dump_yaml(named(cfg, tmp_path)))
 
 
-def test_run_folder_holds_a_reusable_config(run, cfg):
+def test_run_folder_holds_a_reusable_config(run, cfg, tmp_path):
     assert run.path.name.startswith("t-")
-    assert config.load_yaml(run.path / "config.yaml") == cfg | {
-        "output.dir": str(run.path.parent), "output.name": "t"}
+    assert config.load_yaml(run.path / "config.yaml") == named(cfg, tmp_path)
 
 
 def test_checkpoints_are_plain_state_dicts(run, lenet):
@@ -46,7 +52,7 @@ def test_resume_needs_a_run_folder(tmp_path):
 def test_evaluator_records_every_evaluated_round(run, cfg, digits, lenet):
     cfg = cfg | {"inference.repeats": 2, "inference.drift_times": [1.0, 86400.0],
                  "inference.every": 2, "training.rounds": 3}
-    evaluator = Evaluator(cfg, run, digits, first_round=0)
+    evaluator = Evaluator(Experiment.from_config(cfg), run, digits, first_round=0)
     arrays = ArrayRecord(lenet.state_dict())
     assert evaluator(1, arrays) is None               # not an evaluation round ...
     assert (run.checkpoints / "round_0001.pt").exists()  # ... but checkpointed
@@ -65,7 +71,7 @@ def test_evaluator_with_fusion_off_reports_each_model(run, cfg, digits, lenet):
     from analogai_fl.wire import join_models
     cfg = cfg | {"training.use_fl": False, "training.client_num_in_total": 2,
                  "inference.platform.aihwkit.use": False}
-    evaluator = Evaluator(cfg, run, digits, first_round=0)
+    evaluator = Evaluator(Experiment.from_config(cfg), run, digits, first_round=0)
     evaluator(1, join_models([ArrayRecord(lenet.state_dict())] * 2, fused=False))
     record = run.read_jsonl("metrics.jsonl")[0]
     assert [m["sigma"] for m in record["models"]] == [0.10, 0.15]
@@ -84,7 +90,8 @@ def test_rewind_drops_the_unfinished_round(run):
 
 def test_resumed_evaluator_skips_the_round_it_resumed_from(run, cfg, digits, lenet):
     run.append_jsonl("metrics.jsonl", {"round": 2, "val_acc": 0.5, "clean_acc": 0.5})
-    evaluator = Evaluator(cfg | {"inference.platform.aihwkit.use": False}, run, digits,
+    evaluator = Evaluator(Experiment.from_config(cfg | {"inference.platform.aihwkit.use": False}),
+                          run, digits,
                           first_round=2)
     assert evaluator(0, ArrayRecord(lenet.state_dict())) is None
     assert [r["round"] for r in evaluator.records] == [2]

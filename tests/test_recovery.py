@@ -5,15 +5,23 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import local_training
 from torch import nn
 
 from analogai_fl import config
 from analogai_fl.config import ConfigError, resolve
 from analogai_fl.noise import noisy_forward
 from analogai_fl.quantization import quantize_dynamic, quantize_per_channel
-from analogai_fl.recovery import (Attack, Sam, activation_effects, adversarial_example,
-                                  deployed, sam_perturbation, sam_step)
-from analogai_fl.training import LocalTraining, accuracy, passes_per_example, train_local
+from analogai_fl.recovery import (
+    Attack,
+    Sam,
+    activation_effects,
+    adversarial_example,
+    deployed,
+    sam_perturbation,
+    sam_step,
+)
+from analogai_fl.training import accuracy, passes_per_example, train_local
 
 
 def quadratic_setup():
@@ -78,7 +86,7 @@ def digits_batch(digits, n=64):
 def test_attack_raises_the_loss_inside_epsilon_in_pixel_space(digits, lenet, name, steps,
                                                               random_start):
     x, y = digits_batch(digits)
-    train_local(lenet, digits.train, LocalTraining.from_config(
+    train_local(lenet, digits.train, local_training(
         config.defaults() | {"training.use_neg": False}, 0.0, 0.0), seed=0)
     lenet.eval()
     mean = torch.tensor(digits.mean).view(1, -1, 1, 1)
@@ -95,7 +103,7 @@ def test_attack_raises_the_loss_inside_epsilon_in_pixel_space(digits, lenet, nam
 
 def test_pgd_beats_fgsm_at_the_same_epsilon(digits, lenet):
     x, y = digits_batch(digits, 256)
-    train_local(lenet, digits.train, LocalTraining.from_config(
+    train_local(lenet, digits.train, local_training(
         config.defaults() | {"training.use_neg": False}, 0.0, 0.0), seed=0)
     lenet.eval()
     mean = torch.tensor(digits.mean).view(1, -1, 1, 1)
@@ -126,14 +134,14 @@ def test_qat_weights_take_at_most_2_to_the_b_values_per_channel(bits):
 def test_qat_reaches_training_and_deployment(digits, lenet):
     cfg = config.defaults() | {"recovery.qat.use": True, "recovery.qat.weight_bits": 3,
                                "recovery.qat.act_bits": 4, "training.use_neg": False}
-    setting = LocalTraining.from_config(cfg, 0.0, 0.0)
+    setting = local_training(cfg, 0.0, 0.0)
     assert (setting.weight_bits, setting.input_bits) == (3, 4)
     x, _ = digits_batch(digits, 8)
     lenet.train()
     assert not torch.allclose(noisy_forward(lenet, x, 0.0, weight_bits=3), lenet(x))
     model = copy.deepcopy(lenet)
     train_local(model, digits.train, setting, seed=0)
-    deployed(model, cfg)
+    deployed(model, local_training(cfg, 0.0, 0.0).weight_bits)
     for layer in (model[0], model[3], model[7]):
         for channel in layer.weight.detach():
             assert len(torch.unique(channel)) <= 2**3
@@ -171,14 +179,14 @@ def test_activation_noise_is_multiplicative_and_in_training_mode_only():
 
 def test_activation_noise_is_per_client(cfg):
     cfg |= {"recovery.noise_1.act_inject.use": True, "recovery.noise_1.act_inject.act_sigma": 0.3}
-    assert LocalTraining.from_config(cfg, 0.1, 0.0, noise_index=0).act_sigma == 0.0
-    assert LocalTraining.from_config(cfg, 0.1, 0.0, noise_index=1).act_sigma == 0.3
+    assert local_training(cfg, 0.1, 0.0, 0).act_sigma == 0.0
+    assert local_training(cfg, 0.1, 0.0, 1).act_sigma == 0.3
 
 
 def test_options_compose_and_cost_is_counted(digits, lenet):
     base = {"training.use_neg": True, "training.local_epochs": 1}
-    plain = LocalTraining.from_config(config.defaults() | base, 0.1, 0.01)
-    everything = LocalTraining.from_config(config.defaults() | base | {
+    plain = local_training(config.defaults() | base, 0.1, 0.01)
+    everything = local_training(config.defaults() | base | {
         "recovery.optimizer.sam": True, "recovery.adversarial.PGD.use": True,
         "recovery.adversarial.PGD.steps": 2, "recovery.qat.use": True,
         "recovery.noise_0.act_inject.use": True}, 0.1, 0.01)
@@ -201,14 +209,14 @@ def test_sam_changes_what_training_learns(digits, lenet):
     models = []
     for sam in (False, True):
         model = copy.deepcopy(lenet)
-        setting = LocalTraining.from_config(cfg | {"recovery.optimizer.sam": sam}, 0.0, 0.0)
+        setting = local_training(cfg | {"recovery.optimizer.sam": sam}, 0.0, 0.0)
         train_local(model, subset, setting, seed=0)
         models.append(model)
     assert not torch.allclose(models[0][0].weight, models[1][0].weight, atol=1e-5)
 
 
 def test_adaptive_alone_switches_on_asam(cfg):
-    setting = LocalTraining.from_config(cfg | {"recovery.optimizer.adaptive": True}, 0.1, 0.0)
+    setting = local_training(cfg | {"recovery.optimizer.adaptive": True}, 0.1, 0.0)
     assert setting.sam == Sam(cfg["recovery.optimizer.rho"], True, cfg["recovery.optimizer.eta"])
 
 

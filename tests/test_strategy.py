@@ -1,11 +1,19 @@
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-
+from conftest import experiment
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies import BUILT_INS, build_strategy
 from analogai_fl.wire import join_models, split_models
+from strategies import BUILT_INS, build_strategy
 from strategies.fusion import fuse
 from strategies.msnat import MSNATStrategy
 
@@ -113,9 +121,8 @@ def test_a_failed_client_fails_the_round():
 
 
 def two_levels(name, **changes):
-    from analogai_fl import config
-    cfg = config.defaults() | {"strategy.name": name, "training.client_num_in_total": 2} | changes
-    return build_strategy(cfg)
+    return build_strategy(experiment(**{"strategy.name": name,
+                                        "training.client_num_in_total": 2} | changes))
 
 
 @pytest.mark.parametrize("name", sorted(BUILT_INS))
@@ -164,9 +171,8 @@ def test_unknown_strategy_lists_the_valid_ones():
 # --- state that is not a trainable parameter; server state; non-finite replies -------------
 
 def vgg8_cfg(name, **changes):
-    from analogai_fl import config
-    return config.defaults() | {"strategy.name": name, "training.client_num_in_total": 2,
-                                "model.name": "vgg8", "data.image_size": 8} | changes
+    return experiment(**{"strategy.name": name, "training.client_num_in_total": 2,
+                         "model.name": "vgg8", "data.image_size": 8} | changes)
 
 
 def vgg8_round(strategy, current, seed, examples=(3, 1)):
@@ -196,6 +202,7 @@ def vgg8_round(strategy, current, seed, examples=(3, 1)):
 
 def vgg8_state():
     import torch
+
     from analogai_fl.models import build_model
     torch.manual_seed(0)
     return ArrayRecord(build_model("vgg8", 1, 10, 8).state_dict())
@@ -247,7 +254,8 @@ def test_resumed_strategy_equals_uninterrupted(name, tmp_path):
     assert first.server_state(), f"{name} has server state after a round"
     (tmp_path / "checkpoints").mkdir()
     run = RunFolder(tmp_path)
-    run.save_checkpoint(1, [after_one.to_torch_state_dict()], True, server_state=first.server_state())
+    run.save_checkpoint(1, [after_one.to_torch_state_dict()], True,
+                        server_state=first.server_state())
     _, (state,) = run.last_checkpoint(1, True)
     resumed = build_strategy(cfg, round_offset=1)
     start = ArrayRecord(state)

@@ -7,9 +7,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from analogai_fl.training import (Feedback, LocalTraining, ShuffledBatches, TrainingDiverged,
-                                  accuracy, feedback_logits, msnat_loss, proximal_term,
-                                  train_local, training_loader)
+from analogai_fl.training import (
+    Feedback,
+    LocalTraining,
+    ShuffledBatches,
+    TrainingDiverged,
+    accuracy,
+    feedback_logits,
+    msnat_loss,
+    proximal_term,
+    train_local,
+    training_loader,
+)
 
 
 def setting(**changes) -> LocalTraining:
@@ -102,7 +111,8 @@ def test_batches_cover_every_example_once_and_never_leave_one_alone(size, batch)
 
 def bn_data(n: int) -> TensorDataset:
     g = torch.Generator().manual_seed(0)
-    return TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
+    return TensorDataset(torch.randn(n, 3, 8, 8, generator=g),
+                         torch.randint(0, 10, (n,), generator=g))
 
 
 @pytest.mark.parametrize("n,batch", [(65, 64), (17, 8), (2, 64)])

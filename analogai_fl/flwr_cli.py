@@ -1,4 +1,4 @@
-"""Run the project through Flower's own CLI (`flwr run`), as a user would, and judge the run
+"""Drive the project through Flower's own CLI (`flwr run`), as a user would, and judge the run
 by its status: `flwr run --stream` exits 0 even when the ServerApp raised."""
 
 from __future__ import annotations

@@ -1,0 +1,341 @@
+"""Typed, frozen settings of an experiment, built in one place from a resolved config.
+
+`Experiment.from_config(cfg)` is the only code that reads the dotted keys of a run's config
+(`config.resolve` loads, type-checks and range-checks them; the cross-key rules below run as
+the settings are built). Every other module takes these objects, so one search from a key
+(e.g. ``"inference.platform.aihwkit.n_w"``) finds its one use here, and the field it fills
+(`Protocol.n_w`) leads to every consumer. The dotted dict stays the format of files and
+messages: `config.yaml`, and the train message that carries the config to the clients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import CONF_KEY, DEFAULT_CONF, ConfigError
+from .recovery import Attack, Sam
+from .schema import MAX_NOISE_LEVELS, PROTOCOLS, RERAM_DRIFT_TIMES
+from .training import Feedback, LocalTraining
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which data set, how it is split among the clients (`data.*`, seeded by `seed`)."""
+
+    name: str
+    root: Path  # `~` expanded, absolute
+    download: bool
+    augment: bool
+    val_fraction: float  # fractions of images (0..1), not percent
+    test_fraction: float
+    image_size: int  # pixels per side
+    max_train_examples: int  # 0 = all
+    partition: str
+    alpha: float
+    seed: int
+    clients: int  # K: the partition's number of shares
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol: every setting of the aihwkit inference tile (`analog.rpu_config`)
+    and the device model. `record()` is what each result records, with stable field names."""
+
+    name: str
+    device: str  # PCM, ReRAM or ideal
+    tile: str  # torch or cpp
+    n_w: float  # forward.w_noise, normalised units
+    weight_scaling_omega: float
+    weight_scaling_columnwise: bool
+    dac_bits: int  # 0 = ideal
+    adc_bits: int  # 0 = ideal
+    out_noise: float  # normalised
+    g_max: float  # microsiemens
+    drift_compensation: bool
+    reram_noise_scale: float
+
+    def record(self) -> dict[str, Any]:
+        fields = dataclasses.asdict(self)
+        if self.device != "ReRAM":
+            del fields["reram_noise_scale"]
+        return fields
+
+    def with_n_w(self, n_w: float) -> Protocol:
+        return dataclasses.replace(self, n_w=n_w)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The server's analog evaluation (`inference.*`): the chosen protocol and all named
+    protocols (the ablation measures each), drift times in seconds, Monte-Carlo repeats."""
+
+    use: bool
+    protocol: Protocol
+    protocols: Mapping[str, Protocol]
+    drift_times: tuple[float, ...]
+    repeats: int
+    n_w_sweep: tuple[float, ...]
+    every: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class HWASettings:
+    """aihwkit's hardware-aware training, the ablation's baseline (`ablation.hwa.*`)."""
+
+    lr: float
+    momentum: float
+    batch_size: int
+    modifier_std: float  # relative to the tile's max|W|
+    out_noise: float
+    weight_scaling_omega: float
+    weight_scaling_columnwise: bool
+    clip: float  # 0 = no clipping
+    dac_bits: int
+    adc_bits: int
+    tile: str
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """`strategy.*`: which strategy aggregates the K noise levels, with its parameters."""
+
+    name: str
+    weighting: str
+    bn_buffers: str
+    server_lr: float
+    server_momentum: float
+    eta: float
+    beta_1: float
+    beta_2: float
+    tau: float
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    dir: Path
+    name: str  # run folder prefix; default: the conf file's name
+    resume: str  # "" = a new run
+    keep_checkpoints: int  # 0 = all
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One resolved experiment. `config` is the dotted dict it was built from (for files and
+    messages); `noise_levels[k]` is client k's sigma."""
+
+    config: Mapping[str, Any]
+    conf: str
+    seed: int
+    model: str
+    data: DataSettings
+    noise_levels: tuple[float, ...]
+    rounds: int
+    local_epochs: int
+    fused: bool  # fusion injection (training.use_fl)
+    feedback: bool  # feedback loops (training.use_neg)
+    proximal_mu: float
+    training: LocalTraining  # client 0's setting; `local_training` gives any client's
+    act_sigmas: tuple[float, ...]  # per client, 0 = no activation noise
+    strategy: StrategySettings
+    evaluation: Evaluation
+    hwa: HWASettings
+    single_sigma: float  # the ablation's noise-injection arm
+    n_w_columns: tuple[float, ...]
+    output: OutputSettings
+
+    @property
+    def clients(self) -> int:
+        return len(self.noise_levels)
+
+    def client_mu(self) -> float:
+        """mu of the clients' proximal term: part of the feedback loops, and what FedProx
+        is about."""
+        return self.proximal_mu if self.feedback or self.strategy.name == "fedprox" else 0.0
+
+    def local_training(self, noise_index: int, proximal_mu: float) -> LocalTraining:
+        """Client `noise_index`'s training setting (its sigma and activation noise)."""
+        return dataclasses.replace(self.training, sigma=self.noise_levels[noise_index],
+                                   proximal_mu=proximal_mu,
+                                   act_sigma=self.act_sigmas[noise_index])
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], typed_keys: Set[str] = frozenset()
+                    ) -> Experiment:
+        """Build and cross-check; raises ConfigError naming the keys. `typed_keys` are those
+        given on the command line (a sigma typed for an unused level is a mistake, while
+        conf files may list spare levels)."""
+        k_total = cfg["training.client_num_in_total"]
+        sigmas = _noise_levels(cfg, k_total, typed_keys)
+        seed, feedback = cfg["seed"], cfg["training.use_neg"]
+        data = _data(cfg, k_total, seed)
+        evaluation = _evaluation(cfg)
+        fused, strategy = cfg["training.use_fl"], _strategy(cfg)
+        if not fused and strategy.name != "msnat":
+            raise ConfigError(f"key 'training.use_fl' is false (K independent models, nothing "
+                              f"to aggregate) but strategy.name is '{strategy.name}': FI off "
+                              "runs only with strategy.name=msnat")
+        n_w_columns = tuple(cfg["ablation.n_w_columns"])
+        missing = [v for v in n_w_columns if v not in evaluation.n_w_sweep]
+        if missing:
+            raise ConfigError(f"key 'ablation.n_w_columns' lists n_w {missing} that "
+                              f"inference.n_w_sweep {list(evaluation.n_w_sweep)} does not "
+                              "measure")
+        single = cfg["ablation.single_sigma"]
+        training = _training(cfg, sigmas[0], feedback)
+        return cls(
+            config=dict(cfg), conf=cfg.get(CONF_KEY, DEFAULT_CONF), seed=seed,
+            model=cfg["model.name"],
+            data=data, noise_levels=sigmas, rounds=cfg["training.rounds"],
+            local_epochs=training.epochs, fused=fused, feedback=feedback,
+            proximal_mu=cfg["training.proximal_mu"], training=training,
+            act_sigmas=_act_sigmas(cfg, k_total),
+            strategy=strategy, evaluation=evaluation, hwa=_hwa(cfg),
+            single_sigma=single if single is not None else _median(sigmas),
+            n_w_columns=n_w_columns, output=_output(cfg))
+
+
+def _median(values: tuple[float, ...]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def _noise_levels(cfg: Mapping[str, Any], k_total: int, typed: Set[str]) -> tuple[float, ...]:
+    if k_total > MAX_NOISE_LEVELS:
+        raise ConfigError(f"key 'training.client_num_in_total' expects at most "
+                          f"{MAX_NOISE_LEVELS} noise levels, got {k_total}")
+    sigmas = []
+    for k in range(MAX_NOISE_LEVELS):
+        name = f"recovery.noise_{k}.act_inject.sigma"
+        sigma = cfg[name]
+        if k < k_total and sigma is None:
+            raise ConfigError(f"key '{name}' is not set but training.client_num_in_total is "
+                              f"{k_total}: set a sigma for each of noise_0 .. noise_{k_total - 1}")
+        if k >= k_total and name in typed and sigma is not None:
+            raise ConfigError(f"key '{name}' is set but training.client_num_in_total is "
+                              f"{k_total}, so only noise_0 .. noise_{k_total - 1} are used; "
+                              "raise client_num_in_total or remove the key")
+        sigmas.append(sigma)
+    return tuple(sigmas[:k_total])
+
+
+def _act_sigmas(cfg: Mapping[str, Any], k_total: int) -> tuple[float, ...]:
+    act = [(cfg[f"recovery.noise_{k}.act_inject.use"],
+            cfg[f"recovery.noise_{k}.act_inject.act_sigma"]) for k in range(MAX_NOISE_LEVELS)]
+    return tuple(sigma if use else 0.0 for use, sigma in act[:k_total])
+
+
+def _data(cfg: Mapping[str, Any], k_total: int, seed: int) -> DataSettings:
+    name, val, test = cfg["data.name"], cfg["data.val_fraction"], cfg["data.test_fraction"]
+    if name == "digits" and val + test >= 1.0:
+        raise ConfigError("keys 'data.val_fraction' + 'data.test_fraction' expect a sum "
+                          "below 1 (the rest is training data)")
+    return DataSettings(
+        name=name, root=Path(cfg["data.root"]).expanduser().resolve(),
+        download=cfg["data.download"], augment=cfg["data.augment"], val_fraction=val,
+        test_fraction=test, image_size=cfg["data.image_size"],
+        max_train_examples=cfg["data.max_train_examples"], partition=cfg["data.partition"],
+        alpha=cfg["data.alpha"], seed=seed, clients=k_total)
+
+
+def _training(cfg: Mapping[str, Any], sigma: float, feedback_on: bool) -> LocalTraining:
+    offsets, weights = cfg["training.feedback.offsets"], cfg["training.feedback.weights"]
+    if len(offsets) != len(weights):
+        raise ConfigError("keys 'training.feedback.offsets' and 'training.feedback.weights' "
+                          "expect lists of the same length")
+    feedback = Feedback(tuple(offsets), tuple(weights), cfg["training.feedback.beta"],
+                        cfg["training.feedback.temperature"]) if feedback_on else None
+    use_sam, adaptive = cfg["recovery.optimizer.sam"], cfg["recovery.optimizer.adaptive"]
+    use_fgsm, use_pgd = cfg["recovery.adversarial.FGSM.use"], cfg["recovery.adversarial.PGD.use"]
+    if use_fgsm and use_pgd:
+        raise ConfigError("keys 'recovery.adversarial.FGSM.use' and "
+                          "'recovery.adversarial.PGD.use' are both true: choose one attack")
+    attack = None
+    if use_fgsm:
+        attack = Attack("FGSM", cfg["recovery.adversarial.FGSM.epsilon"],
+                        cfg["recovery.adversarial.FGSM.step_size"], 1,
+                        cfg["recovery.adversarial.FGSM.random_start"],
+                        cfg["recovery.adversarial.FGSM.weight"])
+    if use_pgd:
+        attack = Attack("PGD", cfg["recovery.adversarial.PGD.epsilon"],
+                        cfg["recovery.adversarial.PGD.step_size"],
+                        cfg["recovery.adversarial.PGD.steps"],
+                        cfg["recovery.adversarial.PGD.random_start"],
+                        cfg["recovery.adversarial.PGD.weight"])
+    qat = cfg["recovery.qat.use"]
+    return LocalTraining(
+        sigma=sigma, noise_c=cfg["training.noise_scale_c"], epochs=cfg["training.local_epochs"],
+        batch_size=cfg["training.batch_size"], lr=cfg["training.lr"],
+        optimizer=cfg["training.optimizer"], momentum=cfg["training.momentum"],
+        weight_decay=cfg["training.weight_decay"], feedback=feedback, proximal_mu=0.0,
+        weight_bits=cfg["recovery.qat.weight_bits"] if qat else 0,
+        input_bits=cfg["recovery.qat.act_bits"] if qat else 0,
+        sam=Sam(cfg["recovery.optimizer.rho"], adaptive, cfg["recovery.optimizer.eta"])
+        if use_sam or adaptive else None,
+        attack=attack)
+
+
+def _protocol(cfg: Mapping[str, Any], name: str) -> Protocol:
+    p = f"inference.protocols.{name}."
+    return Protocol(
+        name=name, device=cfg["inference.platform.aihwkit.device"], tile=cfg["inference.tile"],
+        n_w=cfg["inference.platform.aihwkit.n_w"],
+        weight_scaling_omega=cfg[p + "weight_scaling_omega"],
+        weight_scaling_columnwise=cfg[p + "weight_scaling_columnwise"],
+        dac_bits=cfg[p + "dac_bits"], adc_bits=cfg[p + "adc_bits"],
+        out_noise=cfg[p + "out_noise"], g_max=cfg[p + "g_max"],
+        drift_compensation=cfg[p + "drift_compensation"],
+        reram_noise_scale=cfg["inference.reram.noise_scale"])
+
+
+def _evaluation(cfg: Mapping[str, Any]) -> Evaluation:
+    times = tuple(cfg["inference.drift_times"])
+    if len(set(times)) != len(times):
+        raise ConfigError(f"key 'inference.drift_times' expects distinct times, got "
+                          f"{', '.join(f'{t:g}' for t in times)}")
+    protocols = {name: _protocol(cfg, name) for name in PROTOCOLS}
+    chosen = protocols[cfg["inference.protocol"]]
+    unsupported = [t for t in times if t not in RERAM_DRIFT_TIMES]
+    if chosen.device == "ReRAM" and unsupported:
+        raise ConfigError(
+            f"key 'inference.drift_times' expects times among "
+            f"{', '.join(f'{t:g}' for t in RERAM_DRIFT_TIMES)} s with device ReRAM (its "
+            f"noise model is fitted there only), got {', '.join(f'{t:g}' for t in unsupported)}"
+            f"; e.g. inference.drift_times='1,86400,172800'")
+    return Evaluation(
+        use=cfg["inference.platform.aihwkit.use"], protocol=chosen, protocols=protocols,
+        drift_times=times, repeats=cfg["inference.repeats"],
+        n_w_sweep=tuple(cfg["inference.n_w_sweep"]), every=cfg["inference.every"],
+        batch_size=cfg["inference.batch_size"])
+
+
+def _hwa(cfg: Mapping[str, Any]) -> HWASettings:
+    return HWASettings(
+        lr=cfg["ablation.hwa.lr"], momentum=cfg["ablation.hwa.momentum"],
+        batch_size=cfg["ablation.hwa.batch_size"], modifier_std=cfg["ablation.hwa.modifier_std"],
+        out_noise=cfg["ablation.hwa.out_noise"],
+        weight_scaling_omega=cfg["ablation.hwa.weight_scaling_omega"],
+        weight_scaling_columnwise=cfg["ablation.hwa.weight_scaling_columnwise"],
+        clip=cfg["ablation.hwa.clip"], dac_bits=cfg["ablation.hwa.dac_bits"],
+        adc_bits=cfg["ablation.hwa.adc_bits"], tile=cfg["ablation.hwa.tile"])
+
+
+def _strategy(cfg: Mapping[str, Any]) -> StrategySettings:
+    return StrategySettings(
+        name=cfg["strategy.name"], weighting=cfg["strategy.weighting"],
+        bn_buffers=cfg["strategy.bn_buffers"],
+        server_lr=cfg["strategy.server_lr"], server_momentum=cfg["strategy.server_momentum"],
+        eta=cfg["strategy.eta"], beta_1=cfg["strategy.beta_1"], beta_2=cfg["strategy.beta_2"],
+        tau=cfg["strategy.tau"])
+
+
+def _output(cfg: Mapping[str, Any]) -> OutputSettings:
+    return OutputSettings(dir=Path(cfg["output.dir"]).expanduser(),
+                          name=cfg["output.name"] or Path(cfg.get(CONF_KEY, DEFAULT_CONF)).stem,
+                          resume=cfg["output.resume"],
+                          keep_checkpoints=cfg["output.keep_checkpoints"])
