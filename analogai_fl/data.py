@@ -10,7 +10,9 @@
 - ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``: read through torchvision's
   own data set classes from `data.root` in torchvision's layout (``MNIST/raw/``,
   ``FashionMNIST/raw/``, ``cifar-10-batches-py/``, ``cifar-100-python/``, and SVHN's
-  ``train_32x32.mat`` / ``test_32x32.mat`` directly in `data.root`). The official test split is
+  ``train_32x32.mat`` / ``test_32x32.mat`` directly in `data.root`); MNIST and Fashion-MNIST
+  also from a folder holding their four official IDX files as distributed (`idx`), such as
+  Debian's ``/usr/share/datasets/fashion-mnist``. The official test split is
   the test set; the validation split is carved from the official training split (stratified,
   seeded by `seed`); `data.max_train_examples` then keeps a seeded random subset of the rest.
 
@@ -51,6 +53,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, TensorDataset
 
+from . import idx
 from .config import ConfigError
 from .settings import DataSettings
 
@@ -217,6 +220,8 @@ class _TorchvisionSet:
         return images.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
 
+IDX_SETS = ("MNIST", "FashionMNIST")  # also read from a folder of their official IDX files
+
 TORCHVISION_SETS: dict[str, _TorchvisionSet] = {
     "mnist": _TorchvisionSet("MNIST", 1, 10, flip=False),
     "fashionmnist": _TorchvisionSet("FashionMNIST", 1, 10, flip=False),
@@ -238,11 +243,17 @@ def _how_to_get(name: str, spec: _TorchvisionSet, root: Path) -> str:
             f"(the server downloads it into data.root before any client starts), or fetch it "
             f"elsewhere (torchvision.datasets.{spec.cls_name}(root, download=True)) and copy "
             f"the files {', '.join(spec.files())} into {spec.folder(root)}; or set data.root to "
-            f"the folder that already holds them (now data.root={root}).")
+            f"the folder that already holds them (now data.root={root})"
+            + (", or to a folder holding the official IDX files as distributed (gzipped or "
+               "not), e.g. Debian's dataset-fashion-mnist: "
+               "data.root='/usr/share/datasets/fashion-mnist'" if spec.cls_name in IDX_SETS
+               else "") + ".")
 
 
 def _read(name: str, root: Path) -> tuple[torch.Tensor, ...]:
     spec = TORCHVISION_SETS[name]
+    if spec.cls_name in IDX_SETS and idx.files_in(root):  # the official files, as distributed
+        return (*idx.read_split(root, train=True), *idx.read_split(root, train=False))
     try:
         return (*spec.arrays(root, train=True), *spec.arrays(root, train=False))
     except RuntimeError as err:  # torchvision: "Dataset not found [or corrupted]. ..."

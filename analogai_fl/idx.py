@@ -1,0 +1,93 @@
+"""The official IDX files of MNIST and Fashion-MNIST, read where they lie.
+
+Distributions such as Debian's `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist/`)
+ship the four official files, gzipped or not, in one folder that normal users cannot write:
+
+    train-images-idx3-ubyte[.gz]  train-labels-idx1-ubyte[.gz]
+    t10k-images-idx3-ubyte[.gz]   t10k-labels-idx1-ubyte[.gz]
+
+torchvision's MNIST classes want them in `<root>/<ClassName>/raw/` and check the gzip
+archives' MD5s, which recompressed archives fail (the unpacked bytes are the official ones).
+`read_split` reads such a folder directly, without writing anything: the IDX header (magic
+number 0x0000, type 0x08 = unsigned byte, number of dimensions, then each size as a
+big-endian int32; Y. LeCun's format description, yann.lecun.com/exdb/mnist) must match the
+file's length exactly, so a truncated or wrong file is refused with its name. gzip checks
+its own CRC while reading.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ConfigError
+
+SPLITS = {True: "train", False: "t10k"}
+UNSIGNED_BYTE = 0x08
+
+
+class IdxError(ConfigError):
+    """An IDX file that is not what its name says; the message names the file."""
+
+
+def _path(root: Path, stem: str) -> Path | None:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def files_in(root: Path) -> dict[str, Path] | None:
+    """The four IDX files directly in `root` (each gzipped or not), or None if any is
+    missing."""
+    stems = [f"{SPLITS[train]}-{kind}" for train in (True, False)
+             for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+    found = {stem: _path(root, stem) for stem in stems}
+    return found if all(found.values()) else None
+
+
+def read_array(path: Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte IDX array of `ndim` dimensions; IdxError naming `path` otherwise."""
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as err:  # a damaged or truncated gzip archive
+        raise IdxError(f"IDX file '{path}' cannot be read: {err}") from None
+    if len(raw) < 4 + 4 * ndim:
+        raise IdxError(f"IDX file '{path}' is {len(raw)} bytes: too short for a header")
+    zero, kind, dims = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or kind != UNSIGNED_BYTE or dims != ndim:
+        raise IdxError(f"IDX file '{path}' has header magic {zero:#06x}, type {kind:#04x}, "
+                       f"{dims} dimensions; expected 0x0000, 0x08 (unsigned byte), {ndim}")
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(shape)):
+        raise IdxError(f"IDX file '{path}' holds {len(body)} data bytes but its header "
+                       f"announces {'x'.join(map(str, shape))} = {int(np.prod(shape))} "
+                       "(truncated or wrong file)")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def read_split(root: Path, train: bool, num_classes: int = 10
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 1, 28, 28) and long labels of one official split in `root`."""
+    found = files_in(root)
+    if found is None:
+        raise FileNotFoundError(f"no IDX files in {root}")
+    images_path = found[f"{SPLITS[train]}-images-idx3-ubyte"]
+    labels_path = found[f"{SPLITS[train]}-labels-idx1-ubyte"]
+    images, labels = read_array(images_path, 3), read_array(labels_path, 1)
+    if images.shape[1:] != (28, 28):
+        raise IdxError(f"IDX file '{images_path}' holds {images.shape[1]}x{images.shape[2]} "
+                       "images; MNIST and Fashion-MNIST images are 28x28")
+    if len(labels) != len(images):
+        raise IdxError(f"IDX files '{images_path}' and '{labels_path}' hold {len(images)} "
+                       f"images but {len(labels)} labels")
+    if labels.max(initial=0) >= num_classes:
+        raise IdxError(f"IDX file '{labels_path}' has label {labels.max()}; expected 0.."
+                       f"{num_classes - 1}")
+    return (torch.from_numpy(images.copy()).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)))
