@@ -136,7 +136,9 @@ def train_hwa_arm(name: str, exp: Experiment, data: Splits, msnat_passes: int | 
 
 def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
     """The same evaluation for every arm: clean accuracy, and under each protocol the
-    accuracy on the device at each drift time and the n_w sweep at the first drift time."""
+    accuracy on the device at each drift time and the n_w sweep at the first drift time, on
+    the test split; with `ablation.validation` the clean and per-drift-time accuracies on the
+    validation split too (key "val"). Accuracies are fractions."""
     result: dict[str, Any] = {"clean": accuracy(model, data.test), "protocols": {}}
     evaluation, seed = exp.evaluation, exp.seed
     times, repeats = evaluation.drift_times, evaluation.repeats
@@ -145,6 +147,10 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
         sweep = {n_w: at[drift_label(times[0])] for n_w, at in n_w_sweep(
             model, data.test, protocol, evaluation.n_w_sweep, times[:1], repeats, seed).items()}
         result["protocols"][name] = {"drift": drift, "n_w": sweep}
+    if exp.ablation_validation:  # what recipes are chosen on; same seed, other images
+        result["val"] = {"clean": accuracy(model, data.val), "protocols": {
+            name: {"drift": drift_accuracy(model, data.val, protocol, times, repeats, seed)}
+            for name, protocol in evaluation.protocols.items()}}
     return result
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -118,9 +119,12 @@ def to_digital(analog: nn.Module, template: nn.Module) -> nn.Module:
 
 
 def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, seed: int,
-                 device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+                 device: torch.device | str = "cpu",
+                 on_epoch: Callable[[int, nn.Module], None] | None = None
+                 ) -> tuple[nn.Module, dict[str, Any]]:
     """HWA training of a fresh `build_model` (init seeded with `seed`); returns the ANALOG
-    model (train mode left on) and the training statistics."""
+    model (train mode left on) and the training statistics. `on_epoch(epoch, analog)` is
+    called after each epoch (1-based; e.g. a validation curve), outside the seeded RNG."""
     if epochs < 1:
         raise ValueError(f"HWA training needs at least one epoch, got {epochs}")
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -155,6 +159,10 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
                 loss_sum += value * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
+            if on_epoch is not None:
+                with torch.random.fork_rng(devices=cuda):  # the training draws stay the same
+                    on_epoch(epoch + 1, analog)
+                analog.train()
     check_finite(loss_sum, analog, f"HWA baseline after {epochs} epoch(s)",
                  f"try a smaller ablation.hwa.lr (now {hwa.lr:g})")
     examples = len(data.train)

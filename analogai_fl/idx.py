@@ -53,7 +53,7 @@ def files_in(root: Path) -> dict[str, Path] | None:
 def read_array(path: Path, ndim: int) -> np.ndarray:
     """An unsigned-byte IDX array of `ndim` dimensions; IdxError naming `path` otherwise."""
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError) as err:  # a damaged or truncated gzip archive
         raise IdxError(f"IDX file '{path}' cannot be read: {err}") from None
     if len(raw) < 4 + 4 * ndim:

@@ -53,7 +53,8 @@ def drift_label(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +120,7 @@ def write_infer(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
 
 
 def plot_infer(results: Sequence[Mapping[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     swept = any("n_w_sweep" in r for r in results)
     fig, axes = plt.subplots(1, 2 if swept else 1, figsize=(11 if swept else 5.5, 4),
                              squeeze=False)
@@ -189,6 +190,11 @@ def _flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
         for n_w, v in row["protocols"][name]["n_w"].items():
             flat[f"{name}_n_w_{n_w:g}_mean"] = v["mean"]
             flat[f"{name}_n_w_{n_w:g}_std"] = v["std"]
+    if "val" in row:
+        flat["val_clean"] = row["val"]["clean"]
+        for name in PROTOCOLS:
+            for label, v in row["val"]["protocols"][name]["drift"].items():
+                flat[f"val_{name}_pcm_{label}_mean"] = v["mean"]
     return flat | {"note": row["note"]}
 
 
@@ -215,6 +221,18 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[f
                       f"{statistics.fmean(r['wall_seconds'] for r in mine):.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    if all("val" in r for r in rows):
+        head = ["method", "val clean", *[f"{name} PCM {x}" for name in PROTOCOLS for x in labels]]
+        lines = ["**Validation split** (accuracy %: the split that chooses recipes; the tables "
+                 "above are test)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for arm in methods:
+            mine = [r["val"] for r in rows if r["arm"] == arm]
+            cells = [next(r["method"] for r in rows if r["arm"] == arm),
+                     spread([v["clean"] for v in mine])]
+            cells += [spread([v["protocols"][name]["drift"][x]["mean"] for v in mine])
+                      for name in PROTOCOLS for x in labels]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
     seeds = sorted({r["seed"] for r in rows})
     notes = sorted({f"- {r['method']}: {r['note']}" for r in rows if r["note"]})
     return "\n\n".join(parts) + (f"\n\nSeeds: {seeds}. " + "Sample passes: network passes x "
@@ -237,7 +255,7 @@ def write_ablation(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[floa
 def plot_ablation(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
     """accuracy_vs_n_w.png and accuracy_vs_drift.png: one line per method, one panel per
     protocol, mean over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     methods = list(dict.fromkeys(r["arm"] for r in rows))
     for kind, xlabel, fname in (("n_w", "aihwkit n_w", "accuracy_vs_n_w.png"),
                                 ("drift", "time after programming (s)",

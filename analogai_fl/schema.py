@@ -281,6 +281,9 @@ def _ablation_keys() -> dict[str, Key]:
         "ablation.single_sigma": Key(None, "sigma of the single-noise-injection arm (null = "
                                      "the median of the MSNAT levels)", minimum=0.0,
                                      nullable=True, kind=float),
+        "ablation.validation": Key(True, "also measure every arm's clean and analog accuracy "
+                                   "(each protocol, each drift time) on the validation split, "
+                                   "the split that chooses recipes; test stays for reporting"),
         "ablation.n_w_columns": Key([0.1, 0.2], "n_w values shown as columns of the ablation "
                                     "table (each must be in inference.n_w_sweep)", minimum=0.0),
         f"{h}.lr": Key(0.05, "HWA baseline: AnalogSGD learning rate", minimum=0.0,

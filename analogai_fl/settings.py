@@ -145,6 +145,7 @@ class Experiment:
     evaluation: Evaluation
     hwa: HWASettings
     single_sigma: float  # the ablation's noise-injection arm
+    ablation_validation: bool  # the ablation also measures the validation split
     n_w_columns: tuple[float, ...]
     output: OutputSettings
 
@@ -196,6 +197,7 @@ class Experiment:
             act_sigmas=_act_sigmas(cfg, k_total),
             strategy=strategy, evaluation=evaluation, hwa=_hwa(cfg),
             single_sigma=single if single is not None else _median(sigmas),
+            ablation_validation=cfg["ablation.validation"],
             n_w_columns=n_w_columns, output=_output(cfg))
 
 

@@ -91,7 +91,12 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
     assert [t["arm"] for t in table] == [r["arm"] for r in rows]
     assert {"realistic_pcm_1d_mean", "seed_n_w_0.2_mean", "sample_passes"} <= set(table[0])
     md = (out / "results.md").read_text()
-    assert md.count("| MSNAT |") == 2 and "n_w 0.2" in md  # one table per protocol
+    assert md.count("| MSNAT |") == 3 and "n_w 0.2" in md  # per protocol, and validation
+    # validation measured alongside test, for choosing on validation and reporting on test
+    for r in rows:
+        assert 0 <= r["val"]["clean"] <= 1
+        assert set(r["val"]["protocols"]["seed"]["drift"]) == {"1s", "1d"}
+    assert "val_realistic_pcm_1d_mean" in table[0] and "**Validation split**" in md
     for png in ("accuracy_vs_n_w.png", "accuracy_vs_drift.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
