@@ -3,6 +3,7 @@ by its status: `flwr run --stream` exits 0 even when the ServerApp raised."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -70,3 +71,42 @@ def completed_run(run_config: str, env: Mapping[str, str] | None = None,
     if status != "finished:completed":
         raise RunFailed(f"flwr run {status}:\n{log[-6000:]}")
     return log
+
+
+def local_superlink_pids(flwr_home: str | Path) -> list[int]:
+    """Process ids of the processes started with FLWR_HOME=`flwr_home`: the detached local
+    SuperLink that `flwr run` starts for that Flower home, and what it started (read from
+    each process's environment in /proc; Linux)."""
+    wanted = f"FLWR_HOME={flwr_home}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if wanted in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def stop_local_superlink(flwr_home: str | Path, grace: float = 10.0) -> list[int]:
+    """Stop, by process id, what `local_superlink_pids(flwr_home)` finds: SIGTERM, then
+    SIGKILL after `grace` seconds for any still alive. Returns the ids it signalled."""
+    import signal
+    import time
+
+    pids = local_superlink_pids(flwr_home)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if Path(f"/proc/{p}").exists()
+                 and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids

@@ -1,7 +1,6 @@
 """The ablation command: arms that really differ, one shared evaluation, result files."""
 
 import csv
-import subprocess
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from conftest import local_training
 
 from analogai_fl import ablation, config, schema
 from analogai_fl.config import resolve
-from analogai_fl.flwr_cli import flwr_env
+from analogai_fl.flwr_cli import flwr_env, stop_local_superlink
 from analogai_fl.noise import noisy_forward
 from analogai_fl.settings import Experiment
 from strategies import build_strategy
@@ -69,7 +68,7 @@ def tiny_ablation(tmp_path_factory):
                                      ["vanilla", "msnat_no_fi", "msnat", "hwa"], env=env,
                                      progress=lambda _: None)
     finally:
-        subprocess.run(["pkill", "-f", f"{home}/"], check=False)
+        stop_local_superlink(home)  # by process id: those started with this FLWR_HOME
     return out, rows
 
 

@@ -32,7 +32,7 @@ def flwr_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("flwr_home")
     ENV.update(flwr_env({"FLWR_HOME": str(home)}))
     yield home
-    subprocess.run(["pkill", "-f", f"{home}/"], check=False)
+    flwr_cli.stop_local_superlink(home)  # by process id: those started with this FLWR_HOME
 
 
 def flwr_run(run_config: str) -> tuple[str, str]:
@@ -233,3 +233,19 @@ def test_a_run_that_diverges_later_resumes_from_its_last_good_round(tmp_path):
     completed(f"output.resume='{folder}' training.rounds=2 training.lr=0.001 "
               "training.optimizer='adam'")
     assert rounds(folder) == [0, 1, 2] and not (folder / "failed.txt").exists()
+
+
+def test_the_cleanup_stops_exactly_the_processes_of_its_flower_home(tmp_path):
+    import os
+    import sys
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            env=os.environ | {"FLWR_HOME": str(tmp_path / "ours")})
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env=os.environ | {"FLWR_HOME": str(tmp_path / "other")})
+    try:
+        assert flwr_cli.local_superlink_pids(tmp_path / "ours") == [ours.pid]
+        assert flwr_cli.stop_local_superlink(tmp_path / "ours") == [ours.pid]
+        assert ours.wait(timeout=10) != 0 and other.poll() is None  # the other one lives on
+    finally:
+        other.kill()
+        other.wait()

@@ -274,3 +274,19 @@ def test_console_script_is_installed_and_runs_infer(run, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_run_folder_of_an_earlier_version_still_loads(run, tmp_path):
+    """Run folders written before `ablation.validation` existed (and before checkpoints had
+    server-state files) evaluate as they are: missing keys take their defaults."""
+    import shutil
+
+    import yaml
+    old = tmp_path / "old-run"
+    shutil.copytree(run.path, old)
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["ablation"]["validation"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert cli.main(["infer", str(old / "checkpoints" / "round_0001.pt"), "--no-sweep",
+                     "--run-config", "inference.repeats=1 inference.drift_times='1'"]) == 0
+    assert read_csv(old / "infer" / "round_0001" / "drift.csv")[0]["drift"] == "1s"
