@@ -1,0 +1,147 @@
+"""What Flower costs: the same experiment through `flwr run` and through a plain loop of the
+project's own functions, side by side, timed from launch.
+
+The plain loop runs in its own process (`--plain`) and does exactly what one `flwr run`
+round does, with the same code: each noise level trains the global model (`train_local`,
+the ClientApp's seeds and data share, its noisy validation accuracy), the replies are fused
+(`strategies.fusion.fuse`), and the ServerApp's `Evaluator` checkpoints and evaluates the
+global model (clean, validation, PCM). Its accuracies equal `flwr run`'s round by round (the
+last table shows both). Each process prints the Evaluator's "[round r/N]" line; the
+benchmark timestamps those lines as they arrive (`flwr run --stream` relays the ServerApp's
+log, so its times are those of the relay, within about a second).
+
+    python benchmarks/flower_overhead.py [--rounds 6] [--run-config "..."]
+
+Prints start-up (launch to round 0 evaluated), first-round and steady per-round times of
+each; its last line reads `per-round ratio flwr/plain: X.XX; start-up excess: Y.Y s`
+(steady rounds 2..N; start-up plus first round of flwr run minus the plain loop's). Use a
+quiet machine, and no other SuperLink on the local ports (Flower would reuse it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROUND_LINE = re.compile(r"\[round (\d+)/\d+\] clean (\d+\.\d)%")
+
+
+def timed_rounds(command: list[str], env: dict | None = None) -> tuple[dict[int, float], dict]:
+    """Seconds from launch at which each round's evaluation line appeared, and its clean
+    accuracy (percent, as printed)."""
+    started = time.monotonic()
+    seen: dict[int, float] = {}
+    clean: dict[int, str] = {}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env) as process:
+        for line in process.stdout:
+            if (match := ROUND_LINE.search(line)) and int(match.group(1)) not in seen:
+                seen[int(match.group(1))] = time.monotonic() - started
+                clean[int(match.group(1))] = match.group(2)
+    if process.returncode:
+        raise RuntimeError(f"{command[:3]} exited with {process.returncode}")
+    return seen, clean
+
+
+def plain_loop(rounds: int, overrides: dict, out: Path) -> None:
+    """One experiment as a plain loop of the project's functions (see the module doc)."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    from analogai_fl.config import dump_yaml, resolve
+    from analogai_fl.data import load_data
+    from analogai_fl.models import build_model
+    from analogai_fl.outputs import RunFolder
+    from analogai_fl.partitions import client_dataset
+    from analogai_fl.server_app import Evaluator
+    from analogai_fl.settings import Experiment
+    from analogai_fl.training import accuracy, train_local
+    from clients.msnat_client import client_seed
+    from strategies.fusion import fuse
+
+    cfg = resolve(overrides | {"training.rounds": rounds, "output.dir": str(out)})
+    exp = Experiment.from_config(cfg)
+    if exp.strategy.name != "msnat" or not exp.fused:
+        raise SystemExit("the plain loop reproduces the msnat strategy with FI on only")
+    data = load_data(exp.data)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(exp.seed)
+        global_model = build_model(exp.model, data.in_channels, data.num_classes,
+                                   data.image_size)
+    state = global_model.state_dict()
+    evaluator = Evaluator(exp, RunFolder.create(exp.output, dump_yaml(cfg)), data, 0)
+    evaluator(0, ArrayRecord(state))
+    for r in range(1, rounds + 1):
+        replies = []
+        for k in range(exp.clients):
+            model = build_model(exp.model, data.in_channels, data.num_classes, data.image_size)
+            model.load_state_dict(state)
+            setting = exp.local_training(k, exp.client_mu())
+            seed = client_seed(exp.seed, r, k)
+            train_local(model, client_dataset(data, exp.data, k), setting, seed,
+                        pixel_stats=(data.mean, data.std))
+            noise_gen = torch.Generator().manual_seed(seed + 1)
+            accuracy(model, data.val, exp.evaluation.batch_size, "cpu", setting.sigma,
+                     setting.noise_c, noise_gen, setting.weight_bits)
+            replies.append(ArrayRecord({n: t.detach() for n, t in model.state_dict().items()}))
+        fused = fuse(replies, [1.0] * len(replies), exp.noise_levels, exp.strategy.bn_buffers)
+        state = fused.to_torch_state_dict()
+        evaluator(r, fused)
+
+
+def summary(times: dict[int, float]) -> tuple[float, float, float]:
+    """(start-up, first round, mean steady round) in seconds."""
+    rounds = sorted(times)
+    steady = [times[r] - times[r - 1] for r in rounds[2:]]
+    return times[0], times[1] - times[0], statistics.fmean(steady)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--run-config", default="")
+    parser.add_argument("--plain", metavar="OUT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from analogai_fl.config import parse_run_config
+    from analogai_fl.flwr_cli import BIN, PROJECT_DIR, flwr_env, stop_local_superlink
+
+    overrides = parse_run_config(args.run_config)
+    if args.plain:
+        plain_loop(args.rounds, overrides, Path(args.plain))
+        return
+    if args.rounds < 3:
+        raise SystemExit("--rounds must be at least 3 (steady rounds are 2..N)")
+    out = Path(tempfile.mkdtemp(prefix="flower-overhead-"))
+    home = out / "flwr_home"
+    env = flwr_env({"FLWR_HOME": str(home)})
+    run_config = f"{args.run_config} training.rounds={args.rounds} output.dir='{out / 'flwr'}'"
+    try:
+        flwr_times, flwr_clean = timed_rounds(
+            [str(BIN / "flwr"), "run", str(PROJECT_DIR), "--stream", "--run-config",
+             run_config.strip()], env)
+    finally:
+        stop_local_superlink(home)
+    plain_times, plain_clean = timed_rounds(
+        [sys.executable, __file__, "--rounds", str(args.rounds), "--run-config",
+         args.run_config, "--plain", str(out / "plain")], env)
+    rows = {"flwr run": summary(flwr_times), "plain loop": summary(plain_times)}
+    print(f"{'':12} {'start-up s':>11} {'round 1 s':>10} {'steady s/round':>15}")
+    for name, (startup, first, steady) in rows.items():
+        print(f"{name:12} {startup:11.1f} {first:10.1f} {steady:15.2f}")
+    print("clean test accuracy % per round, flwr run vs plain loop: " + json.dumps(
+        {r: [flwr_clean[r], plain_clean.get(r)] for r in sorted(flwr_clean)}))
+    (f_start, f_first, f_steady), (p_start, p_first, p_steady) = rows.values()
+    print(f"per-round ratio flwr/plain: {f_steady / p_steady:.2f}; start-up excess: "
+          f"{(f_start + f_first) - (p_start + p_first):.1f} s")
+
+
+if __name__ == "__main__":
+    main()
