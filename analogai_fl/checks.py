@@ -16,6 +16,9 @@ is created or a client is started.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -33,29 +36,53 @@ def has_batchnorm(model: nn.Module) -> bool:
 def configured_model(exp: Experiment) -> nn.Module:
     """A fresh `model.name` for `data.name`'s shape at `data.image_size` (ConfigError, naming
     both keys, where the model cannot take that size); the caller's RNG is left alone."""
-    channels, classes = data_shape(exp.data.name)
-    size = exp.data.image_size
+    return _model_at(exp.model, exp.data.name, exp.data.image_size)
+
+
+def _model_at(name: str, data_name: str, size: int) -> nn.Module:
+    channels, classes = data_shape(data_name)
     try:
         with torch.random.fork_rng(devices=[]):
-            model = build_model(exp.model, channels, classes, size)
+            model = build_model(name, channels, classes, size)
             with torch.no_grad():
                 model.eval()(torch.zeros(2, channels, size, size))
     except (ValueError, RuntimeError) as err:
-        raise ConfigError(f"keys 'model.name'={exp.model!r} and 'data.image_size'={size} do "
+        raise ConfigError(f"keys 'model.name'={name!r} and 'data.image_size'={size} do "
                           f"not fit together: {str(err).splitlines()[0]}") from None
     return model
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the checks and the strategies need to know of the configured model."""
+
+    batchnorm: bool
+    buffer_names: frozenset[str]  # state_dict keys that are not trainable parameters
+
+
+@functools.lru_cache(maxsize=8)
+def _model_facts(name: str, data_name: str, size: int) -> ModelFacts:
+    built = _model_at(name, data_name, size)
+    return ModelFacts(has_batchnorm(built), frozenset(n for n, _ in built.named_buffers()))
+
+
+def model_facts(exp: Experiment) -> ModelFacts:
+    """`ModelFacts` of `configured_model(exp)`, which is built (and run once) only once per
+    model, data set and image size in a process: the ServerApp's checks and its strategy
+    share it."""
+    return _model_facts(exp.model, exp.data.name, exp.data.image_size)
+
+
 def min_examples_per_batch(exp: Experiment) -> int:
     """2 for a model with BatchNorm (training mode needs two values per channel), else 1."""
-    return 2 if has_batchnorm(configured_model(exp)) else 1
+    return 2 if model_facts(exp).batchnorm else 1
 
 
 def check_experiment(exp: Experiment) -> None:
     """Everything about an experiment that can be checked without its data."""
     from . import analog, hwa
 
-    if min_examples_per_batch(exp) > 1:
+    if model_facts(exp).batchnorm:
         for key, size in (("training.batch_size", exp.training.batch_size),
                           ("ablation.hwa.batch_size", exp.hwa.batch_size)):
             if size < 2:

@@ -11,6 +11,7 @@ messages: `config.yaml`, and the train message that carries the config to the cl
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,15 +197,9 @@ class Experiment:
             proximal_mu=cfg["training.proximal_mu"], training=training,
             act_sigmas=_act_sigmas(cfg, k_total),
             strategy=strategy, evaluation=evaluation, hwa=_hwa(cfg),
-            single_sigma=single if single is not None else _median(sigmas),
+            single_sigma=single if single is not None else statistics.median(sigmas),
             ablation_validation=cfg["ablation.validation"],
             n_w_columns=n_w_columns, output=_output(cfg))
-
-
-def _median(values: tuple[float, ...]) -> float:
-    import statistics
-
-    return statistics.median(values)
 
 
 def _noise_levels(cfg: Mapping[str, Any], k_total: int, typed: Set[str]) -> tuple[float, ...]:

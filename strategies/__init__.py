@@ -47,9 +47,9 @@ assert set(BUILT_INS) | {"msnat"} == set(STRATEGY_NAMES)
 
 def model_buffer_names(exp: Experiment) -> frozenset[str]:
     """State_dict keys of the configured model that are not trainable parameters."""
-    from analogai_fl.checks import configured_model
+    from analogai_fl.checks import model_facts
 
-    return frozenset(name for name, _ in configured_model(exp).named_buffers())
+    return model_facts(exp).buffer_names
 
 
 def build_strategy(exp: Experiment, round_offset: int = 0,
