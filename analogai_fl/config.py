@@ -72,7 +72,9 @@ def _canonical(name: str, source: str) -> str:
     if name not in SCHEMA:
         close = difflib.get_close_matches(name, list(SCHEMA) + list(ALIASES), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{source}: unknown key '{name}'{hint}. docs/configuration.md lists every key.")
+        raise ConfigError(
+            f"{source}: unknown key '{name}'{hint}. docs/configuration.md lists every key."
+        )
     return name
 
 
