@@ -72,11 +72,25 @@ class Trained:
 
 def arm_run_config(name: str, arm: Arm, exp: Experiment, overrides: Mapping[str, Any],
                    seed: int, out: Path) -> dict[str, Any]:
-    """The `--run-config` overrides of one arm's `flwr run`."""
+    """The `--run-config` overrides of one arm's `flwr run`. An arm with fewer noise levels
+    than the experiment (vanilla, noise injection: K = 1) drops the command line's settings
+    of the levels it does not have (`recovery.noise_k.*` for k >= its K), so that one
+    `--run-config` serves every arm."""
+    k_arm = arm.overrides.get("training.client_num_in_total")
+    if k_arm is not None:
+        overrides = {key: value for key, value in overrides.items()
+                     if not _noise_level_key_beyond(key, k_arm)}
     return {"conf": exp.conf} | dict(overrides) | dict(arm.overrides) | {
         "seed": seed, "inference.platform.aihwkit.use": False,  # evaluated below, once
         "output.dir": str(out / "runs"), "output.name": f"{name}-seed{seed}",
         "output.keep_checkpoints": 1}
+
+
+def _noise_level_key_beyond(key: str, k_total: int) -> bool:
+    """Whether `key` is a setting of noise level k >= `k_total` (`recovery.noise_<k>.*`)."""
+    parts = key.split(".")
+    return (len(parts) > 1 and parts[0] == "recovery" and parts[1].startswith("noise_")
+            and parts[1][len("noise_"):].isdigit() and int(parts[1][len("noise_"):]) >= k_total)
 
 
 def seeded(exp: Experiment, seed: int) -> Experiment:

@@ -46,6 +46,19 @@ def test_msnat_arms_differ_in_fusion_and_feedback():
     assert len(levels(arm_cfg("msnat"))) == 5
 
 
+def test_one_run_config_of_the_k_sigmas_serves_every_arm(tmp_path):
+    sigmas = {f"recovery.noise_{k}.act_inject.sigma": 0.02 * (k + 1) for k in range(5)}
+    exp = Experiment.from_config(resolve(sigmas))
+    for name, arm in ablation.arms(exp).items():
+        if arm.kind != "flwr":
+            continue
+        run = Experiment.from_config(resolve(ablation.arm_run_config(
+            name, arm, exp, sigmas, 1, tmp_path)))
+        expected = [0.0] if name == "vanilla" else [0.06] if name == "noise_injection" \
+            else [0.02, 0.04, 0.06, 0.08, 0.1]
+        assert list(run.noise_levels) == pytest.approx(expected), name
+
+
 def test_unknown_arm_and_missing_baseline_are_refused(tmp_path):
     cfg = Experiment.from_config(resolve({}))
     with pytest.raises(ValueError, match="unknown arm.*'nope'.*known: vanilla"):
