@@ -21,7 +21,7 @@ from torch import nn
 
 from . import hwa
 from .analog import drift_accuracy, n_w_sweep
-from .checks import check_client_shares, check_experiment
+from .checks import check_client_shares, check_experiment, evaluation_device
 from .config import defaults, load_yaml, resolve
 from .data import Splits, load_data
 from .flwr_cli import completed_run, run_config_string
@@ -153,17 +153,23 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
     accuracy on the device at each drift time and the n_w sweep at the first drift time, on
     the test split; with `ablation.validation` the clean and per-drift-time accuracies on the
     validation split too (key "val"). Accuracies are fractions."""
-    result: dict[str, Any] = {"clean": accuracy(model, data.test), "protocols": {}}
     evaluation, seed = exp.evaluation, exp.seed
     times, repeats = evaluation.drift_times, evaluation.repeats
+    device = evaluation_device(exp)
+    on = {"batch_size": evaluation.batch_size, "device": device,
+          "one_pass": evaluation.one_pass}
+    result: dict[str, Any] = {"clean": accuracy(model, data.test), "protocols": {},
+                              "torch_device": str(device)}
     for name, protocol in evaluation.protocols.items():
-        drift = drift_accuracy(model, data.test, protocol, times, repeats, seed)
+        drift = drift_accuracy(model, data.test, protocol, times, repeats, seed, **on)
         sweep = {n_w: at[drift_label(times[0])] for n_w, at in n_w_sweep(
-            model, data.test, protocol, evaluation.n_w_sweep, times[:1], repeats, seed).items()}
+            model, data.test, protocol, evaluation.n_w_sweep, times[:1], repeats, seed,
+            **on).items()}
         result["protocols"][name] = {"drift": drift, "n_w": sweep}
     if exp.ablation_validation:  # what recipes are chosen on; same seed, other images
         result["val"] = {"clean": accuracy(model, data.val), "protocols": {
-            name: {"drift": drift_accuracy(model, data.val, protocol, times, repeats, seed)}
+            name: {"drift": drift_accuracy(model, data.val, protocol, times, repeats, seed,
+                                           **on)}
             for name, protocol in evaluation.protocols.items()}}
     return result
 

@@ -51,7 +51,14 @@ from .noise import NOISY_LAYERS
 from .reporting import drift_label
 from .schema import RERAM_DRIFT_TIMES
 from .settings import Protocol
-from .tiles import CONVERSION_MAP, TILES
+from .tiles import (
+    CONVERSION_MAP,
+    TILES,
+    TileState,
+    supports_weight_sets,
+    tile_state,
+    weight_sets,
+)
 
 RERAM_G_MAX = 40.0  # uS: the g_max the Wan 2022 polynomial coefficients were fitted at
 
@@ -123,10 +130,34 @@ def convert_every_layer(model: nn.Module, rpu: Any,
     return analog
 
 
-def to_analog(model: nn.Module, protocol: Protocol) -> nn.Module:
-    """Analog inference copy of `model` on CPU (the registry wheel has no CUDA tiles), in
-    eval mode, configured entirely by the protocol."""
-    return convert_every_layer(model, rpu_config(protocol), CONVERSION_MAP).eval()
+def torch_device(requested: str, tile: str) -> torch.device:
+    """Where the analog evaluation runs (`inference.torch_device`): "auto" is the current
+    CUDA device when torch sees one and the tile can run there (the torch tile: aihwkit's
+    PyPI wheel has no CUDA C++ tiles), else the CPU; "cpu", "cuda" or "cuda:N" as given.
+    Raises ValueError for CUDA without a CUDA device, or with the cpp tile."""
+    if requested == "auto":
+        usable = tile == "torch" and torch.cuda.is_available()
+        return torch.device("cuda", torch.cuda.current_device()) if usable else torch.device(
+            "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if tile != "torch":
+            raise ValueError(f"inference.torch_device '{requested}' needs inference.tile=torch "
+                             f"(aihwkit's PyPI wheel has no CUDA C++ tiles), got '{tile}'")
+        if not torch.cuda.is_available():
+            raise ValueError(f"inference.torch_device '{requested}': torch sees no CUDA device "
+                             "here; use 'auto' or 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"inference.torch_device '{requested}': only "
+                             f"{torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def to_analog(model: nn.Module, protocol: Protocol,
+              device: torch.device | str = "cpu") -> nn.Module:
+    """Analog inference copy of `model` on `device`, in eval mode, configured entirely by
+    the protocol (converted on the CPU, then moved)."""
+    return convert_every_layer(model, rpu_config(protocol), CONVERSION_MAP).to(device).eval()
 
 
 def batches(data: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -139,14 +170,37 @@ def batches(data: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torc
         yield from DataLoader(data, batch_size=batch_size)
 
 
+def _device_of(analog: nn.Module) -> torch.device:
+    return next(analog.parameters()).device
+
+
 @torch.no_grad()
 def analog_accuracy(analog: nn.Module, data: Dataset, batch_size: int = 512) -> float:
     """Top-1 accuracy of an analog model as it is programmed and drifted now."""
+    device = _device_of(analog)
     correct = total = 0
     for x, y in batches(data, batch_size):
-        correct += (analog(x).argmax(1) == y).sum().item()
+        correct += (analog(x.to(device)).argmax(1) == y.to(device)).sum().item()
         total += len(y)
     return correct / total
+
+
+@torch.no_grad()
+def weight_set_accuracy(analog: nn.Module, states: Sequence[TileState], data: Dataset,
+                        batch_size: int = 512) -> list[float]:
+    """Top-1 accuracy of `analog` in each of the G tile states (`tiles.tile_state`), all in
+    one pass over `data` (`tiles.weight_sets`): about `batch_size` images x sets per
+    forward. Returns G fractions, in the order of `states`."""
+    device = _device_of(analog)
+    with weight_sets(analog, states) as sets:
+        correct = torch.zeros(sets.count, dtype=torch.long, device=device)
+        total = 0
+        for x, y in batches(data, max(1, batch_size // sets.count)):
+            sets.batch = len(y)
+            logits = analog(x.to(device)).view(sets.count, len(y), -1)
+            correct += (logits.argmax(-1) == y.to(device)).sum(1)
+            total += len(y)
+    return (correct.double() / total).tolist()
 
 
 def _check_drift_times(protocol: Protocol, drift_times: Sequence[float]) -> None:
@@ -170,8 +224,9 @@ def _stream_seed(*parts: int) -> int:
 
 @torch.no_grad()
 def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
-                 drift_times: Sequence[float], repeats: int, seed: int,
-                 batch_size: int = 512) -> dict[str, dict[str, float]]:
+                   drift_times: Sequence[float], repeats: int, seed: int,
+                   batch_size: int = 512, device: torch.device | str = "cpu",
+                   one_pass: bool = True) -> dict[str, dict[str, float]]:
     """Accuracy (fraction, 0..1) at each drift time (seconds after programming): mean and
     std over Monte-Carlo repeats, on the protocol's device (PCM, ReRAM or ideal), keyed by
     `reporting.drift_label` ("1s", "1d", ...). Raises ValueError for ReRAM at a drift time
@@ -185,29 +240,54 @@ def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
     depend only on those, not on what the forward passes drew (n_w, output noise): every
     n_w of a sweep and both tiles see the same device draws. The C++ tile's per-read output
     and weight noise comes from its own generator, which aihwkit 1.1.0 cannot seed.
+
+    With `one_pass` (and the torch tile) the repeats x drift times states are measured in
+    one pass over `data` (`tiles.weight_sets`): the same device draws and the same
+    simulation, but the per-read noise (output noise, n_w) is drawn in another order than
+    in one pass per state, so the accuracies agree within the Monte-Carlo spread (exactly
+    when no per-read noise is on). On `device` (a CUDA device needs the torch tile) the
+    draws come from that device's generator.
     """
     _check_drift_times(protocol, drift_times)
-    analog = to_analog(model, protocol)
+    analog = to_analog(model, protocol, device)
+    together = one_pass and supports_weight_sets(analog)
     runs: dict[float, list[float]] = {t: [] for t in drift_times}
-    with torch.random.fork_rng():
+    states: list[TileState] = []
+    with torch.random.fork_rng(devices=_cuda_indices(device)):
         for repeat in range(repeats):
             torch.manual_seed(_stream_seed(seed, repeat))
             analog.program_analog_weights()
             for i, t in enumerate(drift_times):
                 torch.manual_seed(_stream_seed(seed, repeat, i))
                 analog.drift_analog_weights(t)
-                runs[t].append(analog_accuracy(analog, data, batch_size))
+                if together:
+                    states.append(tile_state(analog))
+                else:
+                    runs[t].append(analog_accuracy(analog, data, batch_size))
+        if together:
+            measured = iter(weight_set_accuracy(analog, states, data, batch_size))
+            for _ in range(repeats):
+                for t in drift_times:
+                    runs[t].append(next(measured))
     return _summary(runs)
+
+
+def _cuda_indices(device: torch.device | str) -> list[int]:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 def n_w_sweep(model: nn.Module, data: Dataset, protocol: Protocol,
               n_ws: Sequence[float], drift_times: Sequence[float], repeats: int, seed: int,
-              batch_size: int = 512) -> dict[float, dict[str, dict[str, float]]]:
+              batch_size: int = 512, device: torch.device | str = "cpu", one_pass: bool = True
+              ) -> dict[float, dict[str, dict[str, float]]]:
     """`drift_accuracy` at each additive weight noise n_w (the protocol's n_w replaced).
 
     The same seed for every n_w: the programming and drift draws are the same across the
     sweep (common random numbers), so differences between n_w values are not device luck.
     """
     return {n_w: drift_accuracy(model, data, protocol.with_n_w(n_w), drift_times, repeats,
-                                seed, batch_size)
+                                seed, batch_size, device, one_pass)
             for n_w in n_ws}

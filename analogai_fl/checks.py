@@ -92,6 +92,18 @@ def check_experiment(exp: Experiment) -> None:
     for protocol in exp.evaluation.protocols.values():
         analog.rpu_config(protocol)
     hwa.rpu_config(exp.hwa)
+    evaluation_device(exp)
+
+
+def evaluation_device(exp: Experiment) -> torch.device:
+    """The torch device of the analog evaluation in this process (`inference.torch_device`
+    resolved); ConfigError naming the key when it is not usable here (no CUDA device)."""
+    from . import analog
+
+    try:
+        return analog.torch_device(exp.evaluation.torch_device, exp.evaluation.protocol.tile)
+    except ValueError as err:
+        raise ConfigError(f"key {err}") from None
 
 
 def check_client_shares(exp: Experiment, splits: Splits) -> None:

@@ -124,19 +124,24 @@ def load_model(checkpoint: Path, exp: Experiment, data) -> Any:
 def evaluate_checkpoint(checkpoint: Checkpoint, exp: Experiment, data, sweep: bool
                         ) -> dict[str, Any]:
     from .analog import drift_accuracy, n_w_sweep
+    from .checks import evaluation_device
     from .training import accuracy
 
     model = load_model(checkpoint.path, exp, data)
     evaluation = exp.evaluation
     proto, times, repeats, batch = (evaluation.protocol, evaluation.drift_times,
                                     evaluation.repeats, evaluation.batch_size)
+    device, one_pass = evaluation_device(exp), evaluation.one_pass
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint.path), "model": checkpoint.label,
-        "protocol": proto.record(), "clean_acc": accuracy(model, data.test, batch),
-        "drift": drift_accuracy(model, data.test, proto, times, repeats, exp.seed, batch)}
+        "protocol": proto.record(), "torch_device": str(device),
+        "clean_acc": accuracy(model, data.test, batch),
+        "drift": drift_accuracy(model, data.test, proto, times, repeats, exp.seed, batch,
+                                device, one_pass)}
     if sweep:  # the protocol's own n_w was just measured, with the same seed
         others = [n for n in evaluation.n_w_sweep if n != proto.n_w]
-        measured = n_w_sweep(model, data.test, proto, others, times, repeats, exp.seed, batch)
+        measured = n_w_sweep(model, data.test, proto, others, times, repeats, exp.seed, batch,
+                             device, one_pass)
         result["n_w_sweep"] = {n: result["drift"] if n == proto.n_w else measured[n]
                                for n in evaluation.n_w_sweep}
     return result

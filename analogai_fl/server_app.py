@@ -17,7 +17,7 @@ from rich.console import Console
 from strategies import RoundFailed, build_strategy
 
 from .analog import drift_accuracy
-from .checks import check_client_shares, check_experiment
+from .checks import check_client_shares, check_experiment, evaluation_device
 from .config import ConfigError, dump_yaml, resolve
 from .data import Splits, load_data
 from .models import build_model
@@ -45,6 +45,7 @@ class Evaluator:
         self.fused = exp.fused
         self.sigmas = exp.noise_levels
         self.records = run.read_jsonl("metrics.jsonl")  # earlier rounds of a resumed run
+        self.device = evaluation_device(exp)  # of the analog evaluation, in this process
 
     def states(self, arrays: ArrayRecord) -> list[dict[str, torch.Tensor]]:
         return [m.to_torch_state_dict()
@@ -71,7 +72,8 @@ class Evaluator:
                       "models": [{"noise_index": k, "sigma": s, **m}
                                  for k, (s, m) in enumerate(zip(self.sigmas, models, strict=True))]}
         record |= {"eval_seconds": round(time.time() - started, 3),
-                   "protocol": self.exp.evaluation.protocol.record()}
+                   "protocol": self.exp.evaluation.protocol.record(),
+                   "torch_device": str(self.device)}
         self.run.append_jsonl("metrics.jsonl", record)
         self.records.append(record)
         pcm = "  ".join(f"{label} {entry_text(v)}" for label, v in record.get("pcm", {}).items())
@@ -90,7 +92,8 @@ class Evaluator:
         if evaluation.use:  # "pcm": the field name of earlier runs, whatever the device
             result["pcm"] = drift_accuracy(model, data.test, evaluation.protocol,
                                            evaluation.drift_times, evaluation.repeats,
-                                           seed=self.exp.seed + r, batch_size=batch)
+                                           seed=self.exp.seed + r, batch_size=batch,
+                                           device=self.device, one_pass=evaluation.one_pass)
         return result
 
 

@@ -11,6 +11,7 @@ messages: `config.yaml`, and the train message that carries the config to the cl
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ class Evaluation:
     n_w_sweep: tuple[float, ...]
     every: int
     batch_size: int
+    torch_device: str  # auto, cpu, cuda or cuda:N (`analog.torch_device` resolves it)
+    one_pass: bool
 
 
 @dataclass(frozen=True)
@@ -308,7 +311,20 @@ def _evaluation(cfg: Mapping[str, Any]) -> Evaluation:
         use=cfg["inference.platform.aihwkit.use"], protocol=chosen, protocols=protocols,
         drift_times=times, repeats=cfg["inference.repeats"],
         n_w_sweep=tuple(cfg["inference.n_w_sweep"]), every=cfg["inference.every"],
-        batch_size=cfg["inference.batch_size"])
+        batch_size=cfg["inference.batch_size"], torch_device=_torch_device(cfg),
+        one_pass=cfg["inference.one_pass"])
+
+
+def _torch_device(cfg: Mapping[str, Any]) -> str:
+    device = cfg["inference.torch_device"]
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"key 'inference.torch_device' expects auto, cpu, cuda or cuda:N, "
+                          f"got '{device}'")
+    if device.startswith("cuda") and cfg["inference.tile"] != "torch":
+        raise ConfigError(f"key 'inference.torch_device' = '{device}' needs "
+                          f"inference.tile=torch (aihwkit's PyPI wheel has no CUDA C++ "
+                          f"tiles), got '{cfg['inference.tile']}'")
+    return device
 
 
 def _hwa(cfg: Mapping[str, Any]) -> HWASettings:

@@ -2,20 +2,24 @@
 share of a default round spent in evaluation. A benchmark, not a test: run it by hand.
 
     python benchmarks/eval_speed.py [--threads N] [--runs N] [--resnet-images N] [--no-round]
+                                    [--device cpu|cuda]
 
 1. One pass: the same images through the digital model and through its analog copy
    (programmed, drifted to 1 h, the default `realistic` protocol with PCM and GDC), for LeNet
    on the digits test split and ResNet-18 (`build_model("resnet18", 3, 10, 32)`) on random
    32x32 inputs. Best of --runs.
 2. Whole evaluation: `analog.drift_accuracy` as the ServerApp calls it (convert once, then
-   3 repeats x 4 drift times: programming, drift, compensation and a pass each) against one
-   digital pass over the same images.
+   3 repeats x 4 drift times: programming, drift, compensation) on the C++ tile, on the
+   torch tile with one pass per weight state (as before `inference.one_pass`) and with all
+   12 states in one pass (the default), against 12 digital passes over the same images;
+   on --device (cuda: the torch tile only).
 3. Default round: 5 clients x 1 local epoch of LeNet on digits with feedback loops (4 noisy
    forwards per batch), timed in-process with `training.train_local`, against the
    Evaluator's evaluation of the resulting model (clean test + validation + PCM 3 x 4).
 
 The machine may be shared: every figure is a minimum over runs, and the load average is
-printed with the tables.
+printed with the tables. The last line reads
+`full PCM eval / 12 digital passes: LeNet X.Xx, ResNet-18 Y.Yx` (torch tile, one pass).
 """
 
 from __future__ import annotations
@@ -77,14 +81,26 @@ def per_pass(model, x, proto, batch, runs) -> dict[str, float]:
     return result
 
 
-def whole_evaluation(model, data, exp: Experiment, runs) -> dict[str, float]:
+VARIANTS = {  # the whole PCM evaluation, as measured: tile and one_pass
+    "C++ tile": ("cpp", False),
+    "torch, per state": ("torch", False),  # before one-pass evaluation
+    "torch, one pass": ("torch", True),  # the default now
+}
+
+
+def whole_evaluation(model, data, exp: Experiment, runs, device) -> dict[str, float]:
+    """`analog.drift_accuracy` as the ServerApp calls it, in each variant, and one digital
+    pass over the same images (wall s, best of runs)."""
     evaluation = exp.evaluation
     batch = evaluation.batch_size
     result = {"digital": best_of(runs, lambda: accuracy(model, data, batch))}
-    for tile in TILES:
-        result[tile] = best_of(max(1, runs // 2), lambda t=tile: analog.drift_accuracy(
-            model, data, dataclasses.replace(evaluation.protocol, tile=t),
-            evaluation.drift_times, evaluation.repeats, seed=0, batch_size=batch))
+    for label, (tile, one_pass) in VARIANTS.items():
+        if tile == "cpp" and torch.device(device).type != "cpu":
+            continue
+        result[label] = best_of(max(1, runs // 2), lambda t=tile, o=one_pass: (
+            analog.drift_accuracy(model, data, dataclasses.replace(evaluation.protocol, tile=t),
+                                  evaluation.drift_times, evaluation.repeats, seed=0,
+                                  batch_size=batch, device=device, one_pass=o)))
     return result
 
 
@@ -121,8 +137,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--runs", type=int, default=3, help="best of N runs per figure")
-    parser.add_argument("--resnet-images", type=int, default=32)
+    parser.add_argument("--resnet-images", type=int, default=64)
     parser.add_argument("--no-round", action="store_true", help="skip the default round")
+    parser.add_argument("--device", default="cpu", help="torch device of the whole "
+                        "evaluation (cuda: the torch tile only)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,11 +160,14 @@ def main() -> None:
                          "digital; the ratio of process CPU times in brackets")
     for column in ("model", "images", "digital", "C++ tile", "ratio", "torch tile", "ratio"):
         passes.add_column(column, justify="left" if column == "model" else "right")
-    whole = Table(title=f"Whole analog evaluation ({exp.evaluation.repeats} repeats x "
+    states = exp.evaluation.repeats * len(exp.evaluation.drift_times)
+    whole = Table(title=f"Whole PCM evaluation ({exp.evaluation.repeats} repeats x "
                         f"{len(exp.evaluation.drift_times)} drift times, incl. conversion, "
-                        "programming, drift, GDC) vs one digital pass (s)")
-    for column in ("model", "digital pass", "C++ tile", "ratio", "torch tile", "ratio"):
+                        f"programming, drift, GDC; on {args.device}) vs {states} digital "
+                        "passes (wall s)")
+    for column in ("model", f"{states} digital passes", *VARIANTS):
         whole.add_column(column, justify="left" if column == "model" else "right")
+    final = {}
     for name, model, data in cases:
         x = data.tensors[0]
         p = per_pass(model, x, proto, batch, args.runs)
@@ -155,10 +176,11 @@ def main() -> None:
                        f"({ratio(p['cpp cpu'], p['digital cpu'])})", f"{p['torch']:.3f}",
                        f"{ratio(p['torch'], p['digital'])} "
                        f"({ratio(p['torch cpu'], p['digital cpu'])})")
-        w = whole_evaluation(model, data, exp, args.runs)
-        whole.add_row(name, f"{w['digital']:.3f}", f"{w['cpp']:.2f}",
-                      ratio(w["cpp"], w["digital"]), f"{w['torch']:.2f}",
-                      ratio(w["torch"], w["digital"]))
+        w = whole_evaluation(model, data, exp, args.runs, args.device)
+        floor = states * w["digital"]
+        whole.add_row(name, f"{floor:.2f}", *(
+            f"{w[v]:.2f} ({ratio(w[v], floor)})" if v in w else "-" for v in VARIANTS))
+        final[name.split(",")[0]] = w["torch, one pass"] / floor
     console.print(passes)
     console.print(whole)
     if not args.no_round:
@@ -173,7 +195,9 @@ def main() -> None:
         console.print(share)
     console.print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, load "
                   f"average {os.getloadavg()[0]:.2f} (the machine may be shared), protocol "
-                  f"{proto.name}, device {proto.device}, batch {batch}")
+                  f"{proto.name}, device model {proto.device}, batch {batch}")
+    console.print(f"full PCM eval / {states} digital passes: LeNet {final['LeNet']:.1f}x, "
+                  f"ResNet-18 {final['ResNet-18']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -113,24 +113,35 @@ def test_aihwkits_own_torch_tile_refuses_n_w_which_ours_simulates():
     tiles.CppMatchingTorchTile(4, 2, rpu)
 
 
-def test_n_w_sweep_uses_the_same_device_draws_for_every_n_w(trained, digits, monkeypatch):
-    seen = []  # the first tile's drifted weights at each evaluation
-    evaluate = analog.analog_accuracy
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_n_w_sweep_uses_the_same_device_draws_for_every_n_w(trained, digits, monkeypatch,
+                                                            one_pass):
+    seen = []  # the first tile's drifted weights at each evaluation (or state taken)
+    if one_pass:
+        take = analog.tile_state
 
-    def spy(model, data, batch_size):
-        seen.append(next(model.analog_tiles()).tile.get_weights().clone())
-        return evaluate(model, data, batch_size)
+        def spy(model):
+            seen.append(next(model.analog_tiles()).tile.get_weights().clone())
+            return take(model)
 
-    monkeypatch.setattr(analog, "analog_accuracy", spy)
+        monkeypatch.setattr(analog, "tile_state", spy)
+    else:
+        evaluate = analog.analog_accuracy
+
+        def spy(model, data, batch_size):
+            seen.append(next(model.analog_tiles()).tile.get_weights().clone())
+            return evaluate(model, data, batch_size)
+
+        monkeypatch.setattr(analog, "analog_accuracy", spy)
     sweep = analog.n_w_sweep(trained, digits.test, protocol(), [0.0, 0.3], [1.0, 3600.0],
-                             repeats=2, seed=0)
+                             repeats=2, seed=0, one_pass=one_pass)
     per_n_w = len(seen) // 2
     assert per_n_w == 4
     assert all(torch.equal(a, b) for a, b in zip(seen[:per_n_w], seen[per_n_w:]))
     assert not torch.equal(seen[0], seen[2])  # repeats differ, each its own programming
     assert sweep[0.3]["1s"]["mean"] < sweep[0.0]["1s"]["mean"]
     assert sweep[0.0] == analog.drift_accuracy(trained, digits.test, protocol(), [1.0, 3600.0],
-                                             2, 0)
+                                             2, 0, one_pass=one_pass)
 
 
 # --- --run-config parsing --------------------------------------------------------------------
