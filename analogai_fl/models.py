@@ -27,8 +27,6 @@ import copy
 
 import torch
 from torch import nn
-from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
-from torchvision.models import resnet18 as tv_resnet18
 
 PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -106,7 +104,9 @@ def resnet18(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     torchvision's; so is the initialisation (Kaiming-normal fan_out, BatchNorm (1, 0)).
     Works for any image_size >= 1 (32x32 ends the last stage at 4x4).
     """
-    model = tv_resnet18(weights=None, num_classes=num_classes)
+    from torchvision.models import resnet18  # here: 1 s of imports every process would pay
+
+    model = resnet18(weights=None, num_classes=num_classes)
     model.conv1 = _small_image_stem(in_channels, model.conv1.out_channels)
     model.maxpool = nn.Identity()
     return model
@@ -135,8 +135,10 @@ def mobilenetv2(in_channels: int, num_classes: int, image_size: int) -> nn.Modul
     is torchvision's. The depthwise convolutions are grouped nn.Conv2d: convert the model
     to analog through `split_grouped_convs` (see the module docstring).
     """
-    model = tv_mobilenet_v2(weights=None, num_classes=num_classes,
-                            inverted_residual_setting=MOBILENETV2_SMALL_IMAGES)
+    from torchvision.models import mobilenet_v2  # here: see resnet18
+
+    model = mobilenet_v2(weights=None, num_classes=num_classes,
+                         inverted_residual_setting=MOBILENETV2_SMALL_IMAGES)
     stem = model.features[0][0]
     model.features[0][0] = _small_image_stem(in_channels, stem.out_channels)
     return model
