@@ -10,11 +10,13 @@ last table shows both). Each process prints the Evaluator's "[round r/N]" line; 
 benchmark timestamps those lines as they arrive (`flwr run --stream` relays the ServerApp's
 log, so its times are those of the relay, within about a second).
 
-    python benchmarks/flower_overhead.py [--rounds 6] [--run-config "..."]
+    python benchmarks/flower_overhead.py [--rounds 6] [--run-config "..."] [--no-breakdown]
 
 Prints start-up (launch to round 0 evaluated), first-round and steady per-round times of
 each; its last line reads `per-round ratio flwr/plain: X.XX; start-up excess: Y.Y s`
-(steady rounds 2..N; start-up plus first round of flwr run minus the plain loop's). Use a
+(steady rounds 2..N; start-up plus first round of flwr run minus the plain loop's). Before
+it, the start-up's pieces, each timed in a fresh process: imports of the ServerApp and
+ClientApp modules, the data loading, Ray's start and first actor. Use a
 quiet machine, and no other SuperLink on the local ports (Flower would reuse it).
 """
 
@@ -96,6 +98,50 @@ def plain_loop(rounds: int, overrides: dict, out: Path) -> None:
         evaluator(r, fused)
 
 
+RAY_ACTOR = """
+import time, ray
+t0 = time.perf_counter(); ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+t1 = time.perf_counter()
+@ray.remote
+class Actor:
+    def ping(self): return 1
+ray.get(Actor.remote().ping.remote()); t2 = time.perf_counter(); ray.shutdown()
+print(t1 - t0, t2 - t1)
+"""
+
+PIECES = {  # label: code run in a fresh interpreter (its wall time is the figure)
+    "python + torch import": "import torch",
+    "flwr CLI import": "import flwr.cli.app",
+    "ServerApp module import (torch, flwr, aihwkit, sklearn)": "import analogai_fl.server_app",
+    "ClientApp module import (torch, flwr, sklearn)": "import clients.msnat_client",
+    "digits data loading (after imports)": "import time; from analogai_fl.config import "
+    "resolve; from analogai_fl.settings import Experiment; from analogai_fl.data import "
+    "load_data; e = Experiment.from_config(resolve({})); t = time.perf_counter(); "
+    "load_data(e.data); print(time.perf_counter() - t)",
+}
+
+
+def startup_pieces(env: dict) -> dict[str, float]:
+    """Wall seconds of each start-up piece in a fresh process (best of 2): imports, data
+    loading, Ray's start and its first actor."""
+    cwd = Path(__file__).resolve().parents[1]
+    result: dict[str, float] = {}
+
+    def run(code: str) -> tuple[float, str]:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, check=True,
+                              capture_output=True, text=True)
+        return time.perf_counter() - started, done.stdout.strip().splitlines()[-1:]
+
+    for label, code in PIECES.items():
+        walls = [run(code) for _ in range(2)]
+        best = min(walls)
+        result[label] = float(best[1][0]) if best[1] else best[0]
+    init, actor = (float(v) for v in run(RAY_ACTOR)[1][0].split())
+    result["ray.init (2 CPUs)"], result["Ray's first actor start and call"] = init, actor
+    return result
+
+
 def summary(times: dict[int, float]) -> tuple[float, float, float]:
     """(start-up, first round, mean steady round) in seconds."""
     rounds = sorted(times)
@@ -108,6 +154,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--run-config", default="")
     parser.add_argument("--plain", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--no-breakdown", action="store_true",
+                        help="skip the start-up pieces (imports, data, Ray) table")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from analogai_fl.config import parse_run_config
@@ -138,6 +186,10 @@ def main() -> None:
         print(f"{name:12} {startup:11.1f} {first:10.1f} {steady:15.2f}")
     print("clean test accuracy % per round, flwr run vs plain loop: " + json.dumps(
         {r: [flwr_clean[r], plain_clean.get(r)] for r in sorted(flwr_clean)}))
+    if not args.no_breakdown:
+        print("start-up pieces, each in a fresh process (wall s):")
+        for label, seconds in startup_pieces(env).items():
+            print(f"  {label:58} {seconds:6.2f}")
     (f_start, f_first, f_steady), (p_start, p_first, p_steady) = rows.values()
     print(f"per-round ratio flwr/plain: {f_steady / p_steady:.2f}; start-up excess: "
           f"{(f_start + f_first) - (p_start + p_first):.1f} s")
