@@ -175,7 +175,7 @@ def _device_of(analog: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def analog_accuracy(analog: nn.Module, data: Dataset, batch_size: int = 512) -> float:
+def analog_accuracy(analog: nn.Module, data: Dataset, batch_size: int = 128) -> float:
     """Top-1 accuracy of an analog model as it is programmed and drifted now."""
     device = _device_of(analog)
     correct = total = 0
@@ -187,7 +187,7 @@ def analog_accuracy(analog: nn.Module, data: Dataset, batch_size: int = 512) -> 
 
 @torch.no_grad()
 def weight_set_accuracy(analog: nn.Module, states: Sequence[TileState], data: Dataset,
-                        batch_size: int = 512) -> list[float]:
+                        batch_size: int = 128) -> list[float]:
     """Top-1 accuracy of `analog` in each of the G tile states (`tiles.tile_state`), all in
     one pass over `data` (`tiles.weight_sets`): about `batch_size` images x sets per
     forward. Returns G fractions, in the order of `states`."""
@@ -225,7 +225,7 @@ def _stream_seed(*parts: int) -> int:
 @torch.no_grad()
 def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
                    drift_times: Sequence[float], repeats: int, seed: int,
-                   batch_size: int = 512, device: torch.device | str = "cpu",
+                   batch_size: int = 128, device: torch.device | str = "cpu",
                    one_pass: bool = True) -> dict[str, dict[str, float]]:
     """Accuracy (fraction, 0..1) at each drift time (seconds after programming): mean and
     std over Monte-Carlo repeats, on the protocol's device (PCM, ReRAM or ideal), keyed by
@@ -281,7 +281,7 @@ def _cuda_indices(device: torch.device | str) -> list[int]:
 
 def n_w_sweep(model: nn.Module, data: Dataset, protocol: Protocol,
               n_ws: Sequence[float], drift_times: Sequence[float], repeats: int, seed: int,
-              batch_size: int = 512, device: torch.device | str = "cpu", one_pass: bool = True
+              batch_size: int = 128, device: torch.device | str = "cpu", one_pass: bool = True
               ) -> dict[float, dict[str, dict[str, float]]]:
     """`drift_accuracy` at each additive weight noise n_w (the protocol's n_w replaced).
 

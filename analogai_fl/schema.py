@@ -271,8 +271,10 @@ def _inference_keys() -> dict[str, Key]:
                                    "n_w values of the n_w sweep (analogai-fl infer, ablation)",
                                    minimum=0.0),
         "inference.every": Key(1, "evaluate every N rounds (the last round always)", minimum=1),
-        "inference.batch_size": Key(512, "evaluation batch size (images per forward; with "
-                                    "inference.one_pass, images x weight states)", minimum=1),
+        "inference.batch_size": Key(128, "evaluation batch size (images per forward; with "
+                                    "inference.one_pass, images x weight states); 128 was "
+                                    "the fastest on a CPU for LeNet and ResNet-18 (measured, "
+                                    "docs/evaluation.md); raise it on a GPU", minimum=1),
         "inference.torch_device": Key("auto", "where the analog evaluation runs (ServerApp, "
                                       "infer, ablate): auto (the current CUDA device when "
                                       "torch sees one and inference.tile is torch, else the "
