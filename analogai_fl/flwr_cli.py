@@ -47,7 +47,7 @@ def flwr_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def flwr_run(run_config: str, env: Mapping[str, str] | None = None,
-             timeout: float = 3600) -> tuple[str, str]:
+             timeout: float | None = None) -> tuple[str, str]:
     """(status, log) of `flwr run <project> --stream --run-config run_config`; status is
     Flower's, e.g. 'finished:completed' or 'finished:failed'."""
     env = dict(env or flwr_env())
@@ -65,7 +65,7 @@ def flwr_run(run_config: str, env: Mapping[str, str] | None = None,
 
 
 def completed_run(run_config: str, env: Mapping[str, str] | None = None,
-                  timeout: float = 3600) -> str:
+                  timeout: float | None = None) -> str:
     """Log of a run that must complete; RunFailed (with the log's tail) otherwise."""
     status, log = flwr_run(run_config, env, timeout)
     if status != "finished:completed":
