@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checks import check_client_shares, check_experiment
+from .checks import check_client_shares, check_experiment, evaluation_device
 from .config import CONF_KEY, ConfigError, parse_run_config, resolve
 from .outputs import CHECKPOINT
 from .settings import Experiment
@@ -124,7 +124,6 @@ def load_model(checkpoint: Path, exp: Experiment, data) -> Any:
 def evaluate_checkpoint(checkpoint: Checkpoint, exp: Experiment, data, sweep: bool
                         ) -> dict[str, Any]:
     from .analog import drift_accuracy, n_w_sweep
-    from .checks import evaluation_device
     from .training import accuracy
 
     model = load_model(checkpoint.path, exp, data)
@@ -302,8 +301,10 @@ def run_check(args: argparse.Namespace) -> int:
         "  evaluation: " + (f"protocol {evaluation.protocol.name}, device "
                             f"{evaluation.protocol.device}, tile {evaluation.protocol.tile}, "
                             f"n_w {evaluation.protocol.n_w:g}, drift times {times}, "
-                            f"{evaluation.repeats} repeats, every {evaluation.every} round(s)"
-                            if evaluation.use else "clean accuracy only"),
+                            f"{evaluation.repeats} repeats, every {evaluation.every} round(s), "
+                            f"torch device {evaluation.torch_device} (here: "
+                            f"{evaluation_device(exp)})" if evaluation.use
+                            else "clean accuracy only"),
         "  output: " + (f"resumes {exp.output.resume}" if exp.output.resume else
                         f"{exp.output.dir}/{exp.output.name}-<time>/"),
         f"  changed from the defaults: {', '.join(changed) if changed else 'nothing'}"]
