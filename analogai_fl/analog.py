@@ -134,16 +134,13 @@ def torch_device(requested: str, tile: str) -> torch.device:
     """Where the analog evaluation runs (`inference.torch_device`): "auto" is the current
     CUDA device when torch sees one and the tile can run there (the torch tile: aihwkit's
     PyPI wheel has no CUDA C++ tiles), else the CPU; "cpu", "cuda" or "cuda:N" as given.
-    Raises ValueError for CUDA without a CUDA device, or with the cpp tile."""
+    Raises ValueError for a CUDA device torch does not see."""
     if requested == "auto":
         usable = tile == "torch" and torch.cuda.is_available()
         return torch.device("cuda", torch.cuda.current_device()) if usable else torch.device(
             "cpu")
-    device = torch.device(requested)
+    device = torch.device(requested)  # cuda with the cpp tile: refused by settings already
     if device.type == "cuda":
-        if tile != "torch":
-            raise ValueError(f"inference.torch_device '{requested}' needs inference.tile=torch "
-                             f"(aihwkit's PyPI wheel has no CUDA C++ tiles), got '{tile}'")
         if not torch.cuda.is_available():
             raise ValueError(f"inference.torch_device '{requested}': torch sees no CUDA device "
                              "here; use 'auto' or 'cpu'")
@@ -253,7 +250,7 @@ def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
     together = one_pass and supports_weight_sets(analog)
     runs: dict[float, list[float]] = {t: [] for t in drift_times}
     states: list[TileState] = []
-    with torch.random.fork_rng(devices=_cuda_indices(device)):
+    with torch.random.fork_rng(devices=cuda_indices(device)):
         for repeat in range(repeats):
             torch.manual_seed(_stream_seed(seed, repeat))
             analog.program_analog_weights()
@@ -272,7 +269,9 @@ def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
     return _summary(runs)
 
 
-def _cuda_indices(device: torch.device | str) -> list[int]:
+def cuda_indices(device: torch.device | str) -> list[int]:
+    """The CUDA device index `device` means, as `torch.random.fork_rng(devices=...)` takes
+    it: [] for the CPU."""
     device = torch.device(device)
     if device.type != "cuda":
         return []

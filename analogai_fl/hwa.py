@@ -46,7 +46,7 @@ from aihwkit.simulator.configs import (
 )
 from torch import nn
 
-from .analog import convert_every_layer, converter_resolution
+from .analog import convert_every_layer, converter_resolution, cuda_indices
 from .data import Splits
 from .models import build_model, merge_grouped_convs, split_grouped_convs
 from .settings import HWASettings
@@ -129,8 +129,7 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
         raise ValueError(f"HWA training needs at least one epoch, got {epochs}")
     start, cpu_start = time.perf_counter(), time.process_time()
     device = torch.device(device)
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()
-            ] if device.type == "cuda" else []
+    cuda = cuda_indices(device)
     with torch.random.fork_rng(devices=cuda):  # seeded draws, caller's RNG untouched
         torch.manual_seed(seed)
         model = build_model(model_name, data.in_channels, data.num_classes,
