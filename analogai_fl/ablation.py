@@ -11,6 +11,7 @@ protocols.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from torch import nn
 from . import hwa
 from .analog import drift_accuracy, n_w_sweep
 from .checks import check_client_shares, check_experiment, evaluation_device
-from .config import defaults, load_yaml, resolve
+from .config import ConfigError, defaults, load_yaml, resolve
 from .data import Splits, load_data
 from .flwr_cli import completed_run, run_config_string
 from .outputs import RunFolder
@@ -51,10 +52,16 @@ def arms(exp: Experiment) -> dict[str, Arm]:
                                              exp.single_sigma}),
         "msnat_no_fi": Arm("MSNAT w/o FI", "flwr", {"training.use_fl": False}),
         "msnat_no_fl": Arm("MSNAT w/o FL", "flwr", {"training.use_neg": False}),
-        "msnat": Arm("MSNAT", "flwr", {}),
+        "msnat": Arm("MSNAT" if exp.fused and exp.feedback else
+                     f"MSNAT as configured (FI {_on(exp.fused)}, FL {_on(exp.feedback)})",
+                     "flwr", {}),
         "hwa": Arm("aihwkit HWA (same epochs)", "hwa"),
         "hwa_compute": Arm("aihwkit HWA (same compute as MSNAT)", "hwa"),
     }
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 ARM_NAMES = ("vanilla", "noise_injection", "msnat_no_fi", "msnat_no_fl", "msnat", "hwa",
@@ -115,15 +122,31 @@ def check_arms(exp: Experiment, overrides: Mapping[str, Any], out: Path,
             check_client_shares(arm_exp, load_data(arm_exp.data, download=arm_exp.data.download))
 
 
+def _unfinished_run(name: str, seed: int, out: Path) -> Path | None:
+    """The newest run folder of this arm and seed that has a checkpoint but no summary (an
+    interrupted `flwr run`, continued with `output.resume`), if any."""
+    for folder in sorted((out / "runs").glob(f"{name}-seed{seed}-*"), reverse=True):
+        if not (folder / "summary.json").exists() and any(
+                RunFolder(folder).checkpoints.glob("round_*.pt")):
+            return folder
+    return None
+
+
 def train_flwr_arm(name: str, arm: Arm, exp: Experiment, overrides: Mapping[str, Any],
                    seed: int, out: Path, env: Mapping[str, str] | None) -> Trained:
     """One `flwr run` with the arm's overrides; returns its final model (with FI off, the
-    one of the K with the best validation accuracy, as the server's evaluator selects)."""
-    run_config = run_config_string(arm_run_config(name, arm, exp, overrides, seed, out))
+    one of the K with the best validation accuracy, as the server's evaluator selects).
+    An interrupted run of this arm and seed in `out` is continued from its last checkpoint
+    (`output.resume`), which gives the same model as an uninterrupted run."""
+    run_config = arm_run_config(name, arm, exp, overrides, seed, out)
+    unfinished = _unfinished_run(name, seed, out)
+    if unfinished is not None:
+        run_config["output.resume"] = str(unfinished)
     started = time.time()
-    completed_run(run_config, env)
+    completed_run(run_config_string(run_config), env)
     wall = time.time() - started
-    (folder,) = sorted((out / "runs").glob(f"{name}-seed{seed}-*"))[-1:]
+    (folder,) = [unfinished] if unfinished else sorted(
+        (out / "runs").glob(f"{name}-seed{seed}-*"))[-1:]
     run = RunFolder.open(folder)
     run_exp = Experiment.from_config(defaults() | load_yaml(folder / "config.yaml"))
     _, states = run.last_checkpoint(run_exp.clients, run_exp.fused)
@@ -174,6 +197,36 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
     return result
 
 
+STATE_FILE = "ablation.json"  # what the folder's rows were made with
+ROWS_FILE = "rows.jsonl"  # one finished (arm, seed) per line
+
+
+def _identity(exp: Experiment) -> dict[str, Any]:
+    """The settings every row of one ablation folder shares: the resolved config without
+    the seed (seeds may be added later) and the run name."""
+    return {k: v for k, v in exp.config.items() if k not in ("seed", "output.name")}
+
+
+def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
+    """The rows already in `out` (empty for a new folder). ConfigError when `out` holds an
+    ablation of other settings, naming the keys that differ: its rows would not compare."""
+    if not (out / STATE_FILE).exists():
+        return []
+    saved = json.loads((out / STATE_FILE).read_text())["config"]
+    mine = json.loads(json.dumps(_identity(exp)))  # the same JSON types as the saved one
+    differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    if differ:
+        raise ConfigError(f"--out {out}: holds an ablation with other settings (keys "
+                          f"{', '.join(differ)} differ); use the same conf and --run-config "
+                          "to continue it, or another --out")
+    rows = [json.loads(line) for line in (out / ROWS_FILE).read_text().splitlines()
+            if line.strip()] if (out / ROWS_FILE).exists() else []
+    for row in rows:  # JSON keys are strings; the n_w sweep is keyed by float
+        for results in row["protocols"].values():
+            results["n_w"] = {float(n_w): v for n_w, v in results["n_w"].items()}
+    return rows
+
+
 def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
                  seeds: Sequence[int], names: Sequence[str] = ARM_NAMES,
                  env: Mapping[str, str] | None = None,
@@ -181,17 +234,29 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
     """Train and evaluate every arm for every seed (`exp` resolved from its conf file and
     the command-line `overrides`, which every `flwr run` receives too); returns one row per
     (arm, seed) and writes results.csv, results.md and the plots into `out` (rewritten after
-    every arm, so a crash keeps what was finished)."""
+    every arm, so a crash keeps what was finished).
+
+    Run again with the same `out` and settings (more seeds or arms allowed), it continues:
+    finished (arm, seed) rows are kept from `out/rows.jsonl`, an interrupted `flwr run` is
+    resumed from its last checkpoint, an interrupted HWA arm is trained again. ConfigError
+    (before any work) when `out` holds an ablation of other settings."""
     check_arms(exp, overrides, out, seeds, names)
+    rows = finished_rows(exp, out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / STATE_FILE).write_text(json.dumps({"config": _identity(exp)}, indent=1))
+    done = {(r["arm"], r["seed"]): r for r in rows}
+    if done:
+        progress(f"continuing {out}: {len(done)} (arm, seed) result(s) kept")
     table = arms(exp)
-    rows: list[dict[str, Any]] = []
     for seed in seeds:
         this = seeded(exp, seed)
         data = load_data(this.data, download=this.data.download)
-        msnat_passes = None
+        msnat_passes = done[("msnat", seed)]["sample_passes"] if ("msnat", seed) in done \
+            else None
         for name in sorted(names, key=list(table).index):
             arm = table[name]
+            if (name, seed) in done:
+                continue
             progress(f"[seed {seed}] training {arm.label} ...")
             if arm.kind == "flwr":
                 trained = train_flwr_arm(name, arm, this, overrides, seed, out, env)
@@ -201,9 +266,12 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
                 trained = train_hwa_arm(name, this, data, msnat_passes)
             progress(f"[seed {seed}] evaluating {arm.label} ...")
             metrics = evaluate(trained.model, data, this)
-            rows.append({"arm": name, "method": arm.label, "seed": seed,
-                         "epochs": trained.epochs, "sample_passes": trained.sample_passes,
-                         "wall_seconds": round(trained.wall_seconds, 1), "note": trained.note,
-                         **metrics})
+            row = {"arm": name, "method": arm.label, "seed": seed,
+                   "epochs": trained.epochs, "sample_passes": trained.sample_passes,
+                   "wall_seconds": round(trained.wall_seconds, 1), "note": trained.note,
+                   **metrics}
+            rows.append(row)
+            with open(out / ROWS_FILE, "a") as f:
+                f.write(json.dumps(row) + "\n")
             write_ablation(rows, this.n_w_columns, out)
     return rows

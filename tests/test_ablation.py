@@ -1,13 +1,14 @@
 """The ablation command: arms that really differ, one shared evaluation, result files."""
 
 import csv
+import json
 
 import pytest
 import torch
 from conftest import local_training
 
 from analogai_fl import ablation, config, schema
-from analogai_fl.config import resolve
+from analogai_fl.config import ConfigError, resolve
 from analogai_fl.flwr_cli import flwr_env, stop_local_superlink
 from analogai_fl.noise import noisy_forward
 from analogai_fl.settings import Experiment
@@ -111,6 +112,52 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
     assert "val_realistic_pcm_1d_mean" in table[0] and "**Validation split**" in md
     for png in ("accuracy_vs_n_w.png", "accuracy_vs_drift.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.e2e
+def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_path_factory):
+    out, rows = tiny_ablation
+    home = tmp_path_factory.mktemp("flwr_home_again")
+    env = flwr_env({"FLWR_HOME": str(home)})
+    overrides = {"training.rounds": 1, "training.client_num_in_total": 2,
+                 "inference.repeats": 1, "inference.drift_times": [1.0, 86400.0],
+                 "inference.n_w_sweep": [0.0, 0.2], "ablation.n_w_columns": [0.2]}
+    cfg = Experiment.from_config(resolve(overrides))
+    # interrupted after msnat's last checkpoint, before its summary and its row were written
+    (msnat_run,) = (out / "runs").glob("msnat-seed3-*")
+    (msnat_run / "summary.json").unlink()
+    kept = (out / ablation.ROWS_FILE).read_text().splitlines()
+    (out / ablation.ROWS_FILE).write_text("\n".join(kept[:2]) + "\n")  # vanilla, msnat_no_fi
+    said = []
+    try:
+        again = ablation.run_ablation(cfg, overrides, out, [3],
+                                      ["vanilla", "msnat_no_fi", "msnat"], env=env,
+                                      progress=said.append)
+    finally:
+        stop_local_superlink(home)
+    assert "2 (arm, seed) result(s) kept" in said[0]
+    assert not any("training MSNAT w/o FI" in s or "vanilla" in s for s in said)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(
+        p.name for p in (out / "runs").iterdir() if p.name.split("-seed")[0] in
+        {"vanilla", "msnat_no_fi", "msnat"})  # no new run folder: msnat's was resumed
+    assert len(list((out / "runs").glob("msnat-seed3-*"))) == 1
+    assert (msnat_run / "summary.json").exists()
+    before = {r["arm"]: r for r in rows}
+    for row in again:  # the same models and evaluation: the same figures
+        assert row["clean"] == before[row["arm"]]["clean"]
+        assert row["protocols"] == before[row["arm"]]["protocols"]
+
+
+def test_an_ablation_folder_of_other_settings_is_refused_before_any_work(tmp_path):
+    first = Experiment.from_config(resolve({"training.rounds": 1}))
+    (tmp_path / ablation.STATE_FILE).write_text(json.dumps(
+        {"config": ablation._identity(first)}))
+    assert ablation.finished_rows(Experiment.from_config(resolve(
+        {"training.rounds": 1, "seed": 7})), tmp_path) == []  # other seeds may be added
+    other = Experiment.from_config(resolve({"training.rounds": 2}))
+    with pytest.raises(ConfigError, match="keys training.rounds differ"):
+        ablation.run_ablation(other, {}, tmp_path, [0], ["vanilla"])
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("args,message", [
