@@ -153,7 +153,7 @@ def train_flwr_arm(name: str, arm: Arm, exp: Experiment, overrides: Mapping[str,
     data = load_data(run_exp.data)
     models = [deployed_model(run_exp, data, state) for state in states]
     best = max(range(len(models)), key=lambda k: accuracy(models[k], data.val))
-    passes = sum(c["sample_passes"] for c in run.read_jsonl("clients.jsonl"))
+    passes = sum(c["sample_passes"] for c in run.client_replies())
     epochs = run_exp.rounds * run_exp.local_epochs
     note = (f"best of K={run_exp.clients} by validation: sigma "
             f"{run_exp.noise_levels[best]:g}") if not run_exp.fused else ""

@@ -3,7 +3,8 @@
 Layout of `<output.dir>/<name>-<timestamp>/`:
     config.yaml          the fully resolved config (reusable as a conf file)
     metrics.jsonl        one JSON object per evaluated round (clean, validation, PCM accuracy)
-    clients.jsonl        one JSON object per round and client (sigma, loss, accuracy)
+    clients.jsonl        one JSON object per round and client (sigma, loss, accuracy, node),
+                         and one per resend of a noise level ("retry": try, node, reason)
     checkpoints/         round_NNNN.pt (global model) or round_NNNN_noise_K.pt (FI off):
                          plain state_dicts, readable with torch.load(..., weights_only=True);
                          round_NNNN_server.pt: the strategy's server-optimiser state
@@ -92,6 +93,11 @@ class RunFolder:
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def client_replies(self) -> list[dict[str, Any]]:
+        """clients.jsonl's line per round and client, without the retry records (lines with
+        a "retry" key: a noise level sent again after a missing or failed reply)."""
+        return [r for r in self.read_jsonl("clients.jsonl") if "retry" not in r]
 
     def rewind(self, last_round: int) -> None:
         """Drop records of rounds after `last_round` (an unfinished round being redone)."""

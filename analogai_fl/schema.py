@@ -322,6 +322,22 @@ def _ablation_keys() -> dict[str, Key]:
     }
 
 
+def _federation_keys() -> dict[str, Key]:
+    return {
+        "federation.retries": Key(
+            2, "a noise level whose reply is missing or failed is sent again (to another "
+            "connected node where there is one) up to this many times before the round "
+            "fails (0 = the first failure fails the round)", minimum=0),
+        "federation.reply_timeout": Key(
+            0.0, "seconds to wait for one try's reply before sending it again (0 = no limit "
+            "of ours: Flower reports a lost SuperNode after 2 missed 30 s heartbeats)",
+            minimum=0.0),
+        "federation.inject_failure": Key(
+            "", "fault injection for trying the retry policy: 'R:K' makes noise level K's "
+            "ClientApp fail on its first try in round R ('' = never)"),
+    }
+
+
 def _output_keys() -> dict[str, Key]:
     return {
         "output.dir": Key("runs", "parent folder of run folders (relative paths: to the "
@@ -335,7 +351,8 @@ def _output_keys() -> dict[str, Key]:
 
 def _build_schema() -> dict[str, Key]:
     return (_run_keys() | _data_keys() | _model_keys() | _training_keys() | _strategy_keys()
-            | _recovery_keys() | _inference_keys() | _ablation_keys() | _output_keys())
+            | _recovery_keys() | _inference_keys() | _ablation_keys() | _federation_keys()
+            | _output_keys())
 
 
 SCHEMA: dict[str, Key] = _build_schema()

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
 from strategies import RoundFailed, build_strategy
+from strategies.retry import RetryingGrid
 
 from .analog import drift_accuracy
 from .checks import check_client_shares, check_experiment, evaluation_device
@@ -123,6 +124,12 @@ def run_experiment(grid: Grid, context: Context) -> None:
             f"sigma {m['sigma']:g}: loss {m['train_loss']:.3f} acc {percent(m['train_acc'])}%"
             for m in metrics))
 
+    def log_retry(server_round: int, record: dict) -> None:
+        run.append_jsonl("clients.jsonl", {"round": server_round, "retry": record})
+        console.print(f"[round {server_round}] noise level {record['noise-index']} (sigma "
+                      f"{record['sigma']:g}) try {record['try']} on node {record['node']}: "
+                      f"{record['reason']}; sent again to node {record['resent_to']}")
+
     if exp.output.resume:  # every check before the run folder is touched
         run = RunFolder.open(exp.output.resume)
         found = run.last_checkpoint(len(sigmas), fused)
@@ -165,7 +172,10 @@ def run_experiment(grid: Grid, context: Context) -> None:
     remaining = exp.rounds - first_round
     if remaining > 0:
         try:
-            strategy.start(grid=grid, initial_arrays=initial, num_rounds=remaining,
+            retrying = RetryingGrid(grid, exp.federation.retries,
+                                    exp.federation.reply_timeout,
+                                    lambda record: log_retry(record.pop("round"), record))
+            strategy.start(grid=retrying, initial_arrays=initial, num_rounds=remaining,
                            train_config=ConfigRecord({CONFIG_KEY: json.dumps(cfg).encode()}),
                            evaluate_fn=evaluator)
         except RoundFailed as err:

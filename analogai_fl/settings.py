@@ -120,6 +120,15 @@ class StrategySettings:
 
 
 @dataclass(frozen=True)
+class FederationSettings:
+    """What the ServerApp does about lost or failed clients (`federation.*`)."""
+
+    retries: int  # resends per noise level and round before the round fails
+    reply_timeout: float  # seconds per try; 0 = no limit of ours
+    inject_failure: tuple[int, int] | None  # (round, noise level) failing on its first try
+
+
+@dataclass(frozen=True)
 class OutputSettings:
     dir: Path
     name: str  # run folder prefix; default: the conf file's name
@@ -151,6 +160,7 @@ class Experiment:
     single_sigma: float  # the ablation's noise-injection arm
     ablation_validation: bool  # the ablation also measures the validation split
     n_w_columns: tuple[float, ...]
+    federation: FederationSettings
     output: OutputSettings
 
     @property
@@ -202,7 +212,8 @@ class Experiment:
             strategy=strategy, evaluation=evaluation, hwa=_hwa(cfg),
             single_sigma=single if single is not None else statistics.median(sigmas),
             ablation_validation=cfg["ablation.validation"],
-            n_w_columns=n_w_columns, output=_output(cfg))
+            n_w_columns=n_w_columns, federation=_federation(cfg, k_total),
+            output=_output(cfg))
 
 
 def _noise_levels(cfg: Mapping[str, Any], k_total: int, typed: Set[str]) -> tuple[float, ...]:
@@ -345,6 +356,21 @@ def _strategy(cfg: Mapping[str, Any]) -> StrategySettings:
         server_lr=cfg["strategy.server_lr"], server_momentum=cfg["strategy.server_momentum"],
         eta=cfg["strategy.eta"], beta_1=cfg["strategy.beta_1"], beta_2=cfg["strategy.beta_2"],
         tau=cfg["strategy.tau"])
+
+
+def _federation(cfg: Mapping[str, Any], k_total: int) -> FederationSettings:
+    text = cfg["federation.inject_failure"].strip()
+    injected = None
+    if text:
+        parts = text.split(":")
+        if (len(parts) != 2 or not all(p.strip().isdigit() for p in parts)
+                or int(parts[0]) < 1 or int(parts[1]) >= k_total):
+            raise ConfigError(f"key 'federation.inject_failure' expects 'ROUND:LEVEL' with "
+                              f"ROUND >= 1 and LEVEL in 0..{k_total - 1} (or ''), got '{text}'")
+        injected = (int(parts[0]), int(parts[1]))
+    return FederationSettings(retries=cfg["federation.retries"],
+                              reply_timeout=cfg["federation.reply_timeout"],
+                              inject_failure=injected)
 
 
 def _output(cfg: Mapping[str, Any]) -> OutputSettings:

@@ -15,6 +15,7 @@ from pathlib import Path
 from analogai_fl.checks import check_experiment
 from analogai_fl.config import resolve
 from analogai_fl.flwr_cli import completed_run, run_config_string
+from analogai_fl.outputs import RunFolder
 from analogai_fl.settings import Experiment
 
 OPTIONS = {
@@ -45,7 +46,7 @@ def main() -> None:
         wall = time.time() - started
         (folder,) = sorted(out.glob(f"{name}-*"))
         final = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
-        clients = [json.loads(x) for x in (folder / "clients.jsonl").read_text().splitlines()]
+        clients = RunFolder.open(folder).client_replies()
         pcm = final["pcm"]
         cells = [f"{100 * final['clean_acc']:.1f}",
                  *(f"{100 * pcm[t]['mean']:.1f} ± {100 * pcm[t]['std']:.1f}"

@@ -1,12 +1,18 @@
 """ClientApp: one noise level sigma_k trains the received model for the local epochs.
 
 Everything the client needs (model, data split, training settings, its sigma, mu) arrives in
-the train message's config: the client reads no file of its own.
+the train message's config, except where its data lives: a SuperNode started with
+`--node-config "data-root='/path'"` reads the data set from its own folder (the Deployment
+Engine: data stays on the node, whatever `data.root` the server has); without it, from
+`data.root` (the local simulation, or machines that share one path).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,11 +22,25 @@ from flwr.clientapp import ClientApp
 from analogai_fl.data import load_data
 from analogai_fl.models import build_model
 from analogai_fl.partitions import client_dataset
-from analogai_fl.settings import Experiment
+from analogai_fl.settings import DataSettings, Experiment
 from analogai_fl.training import TrainingDiverged, accuracy, train_local
 from analogai_fl.wire import CONFIG_KEY, DIVERGED
 
 app = ClientApp()
+DATA_ROOT_KEY = "data-root"  # the SuperNode's --node-config key for its data folder
+
+
+class InjectedFailure(RuntimeError):
+    """`federation.inject_failure` made this client fail (for trying the retry policy)."""
+
+
+def node_data(data: DataSettings, node_config: Mapping[str, object]) -> DataSettings:
+    """The data settings as this node reads them: its own `data-root` when its node config
+    has one (`~` expanded), the run's `data.root` otherwise."""
+    root = node_config.get(DATA_ROOT_KEY)
+    if root in (None, ""):
+        return data
+    return dataclasses.replace(data, root=Path(str(root)).expanduser().resolve())
 
 
 def client_seed(seed: int, server_round: int, noise_index: int) -> int:
@@ -34,7 +54,11 @@ def train(msg: Message, context: Context) -> Message:
     exp = Experiment.from_config(json.loads(sent[CONFIG_KEY]))  # JSON bytes: Flower logs
     sigma, index, server_round = float(sent["sigma"]), int(sent["noise-index"]), int(
         sent["server-round"])                                  # them as <bytes>
-    data = load_data(exp.data)  # never downloads: the server fetched it before round 1
+    if exp.federation.inject_failure == (server_round, index) and int(sent.get("try", 1)) == 1:
+        raise InjectedFailure(f"federation.inject_failure: noise level {index} fails its "
+                              f"first try in round {server_round}")
+    data = load_data(node_data(exp.data, context.node_config))  # never downloads: the
+    # server fetched it before round 1 (simulation), or the node holds it (deployment)
     model = build_model(exp.model, data.in_channels, data.num_classes, data.image_size)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -116,7 +116,8 @@ class NoiseLevelDispatch:
                                                strict=True)):
             content = ConfigRecord(dict(config) | {
                 "server-round": server_round + self.round_offset,
-                "proximal-mu": self.client_mu, "sigma": sigma, "noise-index": k})
+                "proximal-mu": self.client_mu, "sigma": sigma, "noise-index": k,
+                "try": 1})  # resends (retry.RetryingGrid) count on
             messages.append(Message(RecordDict({self.arrayrecord_key: model,
                                                 self.configrecord_key: content}),
                                     dst_node_id=nodes[k % len(nodes)],
@@ -156,7 +157,8 @@ class NoiseLevelDispatch:
                               f"expected all of 0..{len(self.noise_levels) - 1}")
         ordered = [by_index[k] for k in range(len(self.noise_levels))]
         if self.on_client_metrics:
-            self.on_client_metrics(r, [dict(m.content["metrics"]) for m in ordered])
+            self.on_client_metrics(r, [dict(m.content["metrics"]) | {
+                "node": m.metadata.src_node_id} for m in ordered])
         arrays, metrics = self.aggregate_levels(server_round, ordered)
         bad = non_finite(arrays)
         if bad:

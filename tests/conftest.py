@@ -50,3 +50,12 @@ def trained(digits):
     for epoch in range(3):
         train_local(model, digits.train, setting, seed=epoch)
     return model.eval()
+
+
+@pytest.fixture
+def server_task(monkeypatch):
+    """Flower stamps messages with the running task's identity; pretend to be a ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)

@@ -10,12 +10,13 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from analogai_fl.wire import join_models, split_models
 from strategies import BUILT_INS, build_strategy
 from strategies.fusion import fuse
 from strategies.msnat import MSNATStrategy
+
+pytestmark = pytest.mark.usefixtures("server_task")
 
 
 def record(**arrays) -> ArrayRecord:
@@ -52,13 +53,6 @@ def test_bn_buffers_from_lowest_sigma():
 def test_pack_roundtrip_keeps_models_apart():
     models = split_models(join_models([A, B], fused=False), 2, fused=False)
     assert values(models[0]) == values(A) and values(models[1]) == values(B)
-
-
-@pytest.fixture(autouse=True)
-def server_task(monkeypatch):
-    """Flower stamps messages with the running task's identity; pretend to be a ServerApp."""
-    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 1)):
-        monkeypatch.setattr(TaskIdentity, name, value)
 
 
 class FakeGrid:
