@@ -47,27 +47,29 @@ def flwr_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def flwr_run(run_config: str, env: Mapping[str, str] | None = None,
-             timeout: float | None = None) -> tuple[str, str]:
-    """(status, log) of `flwr run <project> --stream --run-config run_config`; status is
-    Flower's, e.g. 'finished:completed' or 'finished:failed'."""
+             timeout: float | None = None, superlink: str | None = None) -> tuple[str, str]:
+    """(status, log) of `flwr run <project> [superlink] --stream --run-config run_config`;
+    status is Flower's, e.g. 'finished:completed' or 'finished:failed'. `superlink` names a
+    connection of $FLWR_HOME/config.toml (default: Flower's default, the local simulation)."""
     env = dict(env or flwr_env())
-    done = subprocess.run([BIN / "flwr", "run", str(PROJECT_DIR), "--stream", "--run-config",
-                           run_config], cwd=PROJECT_DIR, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    connection = [superlink] if superlink else []
+    done = subprocess.run([BIN / "flwr", "run", str(PROJECT_DIR), *connection, "--stream",
+                           "--run-config", run_config], cwd=PROJECT_DIR, env=env,
+                          capture_output=True, text=True, timeout=timeout)
     log = done.stdout + done.stderr
     started = re.search(r"Successfully started run (\d+)", log)
     if not started:
         raise RunFailed(f"flwr run did not start a run (exit {done.returncode}):\n{log}")
-    listed = subprocess.run([BIN / "flwr", "ls", "--run-id", started.group(1), "--format",
-                             "json"], cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
-                            timeout=120)
+    listed = subprocess.run([BIN / "flwr", "ls", *connection, "--run-id", started.group(1),
+                             "--format", "json"], cwd=PROJECT_DIR, env=env,
+                            capture_output=True, text=True, timeout=120)
     return json.loads(listed.stdout)["runs"][0]["status"], log
 
 
 def completed_run(run_config: str, env: Mapping[str, str] | None = None,
-                  timeout: float | None = None) -> str:
+                  timeout: float | None = None, superlink: str | None = None) -> str:
     """Log of a run that must complete; RunFailed (with the log's tail) otherwise."""
-    status, log = flwr_run(run_config, env, timeout)
+    status, log = flwr_run(run_config, env, timeout, superlink)
     if status != "finished:completed":
         raise RunFailed(f"flwr run {status}:\n{log[-6000:]}")
     return log

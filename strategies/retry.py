@@ -11,14 +11,16 @@ reported to `on_retry` (the ServerApp logs it and appends it to clients.jsonl).
 
 Resending changes nothing of the computation: a client's seed depends on (run seed, round,
 noise level), never on the node or the try, so a round that needed a resend gives the same
-models as one that did not. A late reply of an abandoned try is ignored.
+models as one that did not. A try that timed out is still waited for (its node may only be
+slow, e.g. working through a queue of levels): whichever try of a level answers first is
+used, and the replies of its other tries are ignored.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -33,10 +35,19 @@ TRY_KEY = "try"  # in the train config: 1 for the first send of a level, 2 for i
 @dataclass
 class _Try:
     message: Message
+    level: int  # index into the messages of this call
     number: int
     node: int
     deadline: float
-    history: list[str]
+    timed_out: bool = False
+
+
+@dataclass
+class _Level:
+    message: Message  # the first send
+    tries: int = 0
+    history: list[str] = field(default_factory=list)
+    done: bool = False
 
 
 def _level(message: Message) -> tuple[str, dict]:
@@ -91,75 +102,98 @@ class RetryingGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
         limit = self.reply_timeout or timeout
-        pending: dict[str, _Try] = {}
-        for message in messages:
-            self._push(pending, message, 1, [], limit)
+        levels = [_Level(m) for m in messages]
+        pending: dict[str, _Try] = {}  # message id -> try still waited for
+        for index, level in enumerate(levels):
+            self._push(pending, levels, index, level.message.metadata.dst_node_id, limit)
         replies: list[Message] = []
         failed: list[str] = []
         while pending:
             for reply in self.grid.pull_messages(list(pending)):
                 attempt = pending.pop(reply.metadata.reply_to_message_id, None)
-                if attempt is None:
-                    continue  # a late reply of an abandoned try
-                if reply.has_error():
-                    self._again(pending, failed, attempt,
-                                f"error {reply.error.code}: {reply.error.reason}", limit)
-                else:
+                if attempt is None or levels[attempt.level].done:
+                    continue  # another try of this level answered first
+                level = levels[attempt.level]
+                if not reply.has_error():
+                    level.done = True
                     replies.append(reply)
+                    continue
+                level.history.append(f"try {attempt.number} on node {attempt.node}: error "
+                                     f"{reply.error.code}: {reply.error.reason}")
+                # a try that had timed out was sent again already
+                self._again(pending, levels, attempt, failed, limit, not attempt.timed_out)
             now = time.monotonic()
+            for attempt in list(pending.values()):
+                if not attempt.timed_out and now >= attempt.deadline:
+                    attempt.timed_out = True  # still waited for: a slow node may answer
+                    levels[attempt.level].history.append(
+                        f"try {attempt.number} on node {attempt.node}: no reply within "
+                        f"{limit:g} s")
+                    self._again(pending, levels, attempt, failed, limit)
             for message_id, attempt in list(pending.items()):
-                if now >= attempt.deadline:
+                if levels[attempt.level].done:
                     del pending[message_id]
-                    self._again(pending, failed, attempt, f"no reply within {limit:g} s",
-                                limit)
             if pending:
                 time.sleep(self.poll_seconds)
         if failed:
             raise RoundFailed("; ".join(failed))
         return replies
 
-    def _push(self, pending: dict[str, _Try], message: Message, number: int,
-              history: list[str], limit: float | None) -> None:
+    def _push(self, pending: dict[str, _Try], levels: list[_Level], index: int, node: int,
+              limit: float | None) -> None:
+        level = levels[index]
+        level.tries += 1
+        message = level.message
+        if level.tries > 1:  # the same content, with its try number, to `node`
+            content = RecordDict(dict(message.content.items()))
+            for name, record in message.content.config_records.items():
+                if "noise-index" in record:
+                    content[name] = ConfigRecord(dict(record) | {TRY_KEY: level.tries})
+            message = Message(content, dst_node_id=node,
+                              message_type=message.metadata.message_type,
+                              group_id=message.metadata.group_id)
         (message_id,) = self.grid.push_messages([message])
         deadline = time.monotonic() + limit if limit else float("inf")
-        pending[message_id] = _Try(message, number, message.metadata.dst_node_id, deadline,
-                                   history)
+        pending[message_id] = _Try(message, index, level.tries, node, deadline)
 
-    def _again(self, pending: dict[str, _Try], failed: list[str], attempt: _Try,
-               reason: str, limit: float | None) -> None:
-        """Resend `attempt`'s content to another node, or record the level as failed."""
-        what, config = _level(attempt.message)
-        history = [*attempt.history, f"try {attempt.number} on node {attempt.node}: {reason}"]
-        if attempt.number > self.retries:
-            failed.append(f"{what} failed after {attempt.number} "
-                          f"{'try' if attempt.number == 1 else 'tries'} ("
-                          + "; ".join(history) + ")")
+    def _again(self, pending: dict[str, _Try], levels: list[_Level], attempt: _Try,
+               failed: list[str], limit: float | None, resend: bool = True) -> None:
+        """After a failed or timed-out try: send the level again (if `resend`), or, with its
+        tries spent and none of them still awaited in time, record it as failed."""
+        level = levels[attempt.level]
+        what, config = _level(level.message)
+        waiting = [t for t in pending.values()
+                   if t.level == attempt.level and not t.timed_out]
+        if level.tries > self.retries or not resend:
+            if not waiting:
+                level.done = True
+                failed.append(f"{what} failed after {level.tries} "
+                              f"{'try' if level.tries == 1 else 'tries'} ("
+                              + "; ".join(level.history) + ")")
             return
-        node = self._next_node(attempt.node, pending)
+        busy_with_it = {t.node for t in pending.values() if t.level == attempt.level}
+        node = self._next_node(attempt.node, pending, busy_with_it)
         if node is None:
-            failed.append(f"{what} failed and no node is connected to resend it to ("
-                          + "; ".join(history) + ")")
+            level.done = True
+            failed.append(f"{what} failed and no node is connected to send it to again ("
+                          + "; ".join(level.history) + ")")
             return
-        content = RecordDict({name: record for name, record in attempt.message.content.items()})
-        for name, record in attempt.message.content.config_records.items():
-            if "noise-index" in record:
-                content[name] = ConfigRecord(dict(record) | {TRY_KEY: attempt.number + 1})
-        resend = Message(content, dst_node_id=node,
-                         message_type=attempt.message.metadata.message_type,
-                         group_id=attempt.message.metadata.group_id)
         if self.on_retry:
             self.on_retry({"round": config.get("server-round"),
                            "noise-index": config.get("noise-index"), "sigma": config.get("sigma"),
-                           "try": attempt.number, "node": attempt.node, "reason": reason,
-                           "resent_to": node})
-        self._push(pending, resend, attempt.number + 1, history, limit)
+                           "try": attempt.number, "node": attempt.node,
+                           "reason": level.history[-1].split(": ", 1)[1], "resent_to": node})
+        self._push(pending, levels, attempt.level, node, limit)
 
-    def _next_node(self, failed_node: int, pending: dict[str, _Try]) -> int | None:
-        """The connected node with the fewest messages in flight, other than `failed_node`
-        where there is one (the failed node itself otherwise: a restarted SuperNode)."""
+    def _next_node(self, failed_node: int, pending: dict[str, _Try],
+                   busy_with_it: set[int]) -> int | None:
+        """The connected node to send a level to again: one not already working on it,
+        other than `failed_node` where there is one (that node itself otherwise: a
+        restarted SuperNode), with the fewest messages in flight."""
         nodes = sorted(self.grid.get_node_ids())
-        others = [n for n in nodes if n != failed_node] or nodes
-        if not others:
+        if not nodes:
             return None
-        busy = {n: sum(t.node == n for t in pending.values()) for n in others}
-        return min(others, key=lambda n: (busy[n], n))
+        candidates = ([n for n in nodes if n not in busy_with_it and n != failed_node]
+                      or [n for n in nodes if n != failed_node] or nodes)
+        load = {n: sum(t.node == n for t in pending.values()) for n in candidates}
+        return min(candidates, key=lambda n: (load[n], n))

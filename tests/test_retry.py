@@ -28,13 +28,14 @@ SIGMAS = [0.1, 0.2, 0.3]
 
 
 class ScriptedGrid:
-    """Replies as scripted per (node, noise level, try): "ok", "error" or "silent" (never
-    replies; `late` ones reply on the next pull after a resend)."""
+    """Replies as scripted per (node, noise level, try): "ok" (default), "error", "silent"
+    (never replies), "late" or "late error" (reply, or error, once a later try of its level
+    has been sent)."""
 
-    def __init__(self, nodes, script, late=(), vanish=False):
-        self.nodes, self.script, self.late, self.vanish = list(nodes), script, set(late), vanish
+    def __init__(self, nodes, script, vanish=False, slow=()):
+        self.nodes, self.script, self.vanish = list(nodes), script, vanish
+        self.slow = {key: 0 for key in slow}  # "silent" for 3 pulls, then "ok"
         self.sent: dict[str, Message] = {}
-        self.silent: list[str] = []
         self.log: list[tuple[int, int, int]] = []  # (node, level, try) in sending order
 
     def get_node_ids(self):
@@ -53,11 +54,6 @@ class ScriptedGrid:
             self.nodes = []
         return ids
 
-    def _reply(self, m):
-        c = m.content["config"]
-        return Message(RecordDict({"metrics": MetricRecord(
-            {"noise-index": c["noise-index"], "try": c["try"]})}), reply_to=m)
-
     def pull_messages(self, message_ids):
         out = []
         for message_id in message_ids:
@@ -65,15 +61,15 @@ class ScriptedGrid:
             c = m.content["config"]
             key = (m.metadata.dst_node_id, c["noise-index"], c["try"])
             what = self.script.get(key, "ok")
-            if what == "ok":
-                out.append(self._reply(m))
-            elif what == "error":
+            if key in self.slow:
+                self.slow[key] += 1
+                what = "ok" if self.slow[key] > 3 else what
+            resent = any(level == key[1] and attempt > key[2] for _, level, attempt in self.log)
+            if what == "ok" or (what == "late" and resent):
+                out.append(Message(RecordDict({"metrics": MetricRecord(
+                    {"noise-index": c["noise-index"], "try": c["try"]})}), reply_to=m))
+            elif what == "error" or (what == "late error" and resent):
                 out.append(Message(Error(code=5, reason="Node Unavailable"), reply_to=m))
-            elif key in self.late:
-                self.silent.append(message_id)
-        for message_id in [i for i in self.silent if i not in message_ids]:
-            self.silent.remove(message_id)  # abandoned, and now its reply comes after all
-            out.append(self._reply(self.sent[message_id]))
         return out
 
 
@@ -130,11 +126,29 @@ def test_the_round_fails_naming_level_sigma_nodes_and_reasons_once_tries_are_spe
         send(ScriptedGrid([1, 2], script), retries=0)
 
 
-def test_a_late_reply_of_an_abandoned_try_is_ignored():
-    grid = ScriptedGrid([1, 2], {(1, 0, 1): "silent"}, late=[(1, 0, 1)])
-    replies, _ = send(grid, reply_timeout=0.05)
-    assert replies == [(0, 2), (1, 1), (2, 1)]  # not (0, 1): its try was abandoned
-    assert not grid.silent  # the late reply was delivered, and dropped
+def test_a_slow_nodes_reply_after_its_timeout_still_counts_and_the_other_is_ignored():
+    grid = ScriptedGrid([1, 2], {(1, 0, 1): "late"})
+    replies, retried = send(grid, reply_timeout=0.05)
+    assert (2, 0, 2) in grid.log and retried[0]["resent_to"] == 2
+    assert replies == [(0, 1), (1, 1), (2, 1)]  # try 1 answered first; try 2's reply dropped
+
+
+def test_an_error_after_the_timeout_does_not_send_the_level_a_third_time():
+    grid = ScriptedGrid([1, 2], {(1, 0, 1): "late error", (2, 0, 2): "silent"},
+                        slow=[(2, 0, 2)])
+    replies, retried = send(grid, reply_timeout=0.05)
+    assert [(n, t) for n, level, t in grid.log if level == 0] == [(1, 1), (2, 2)]
+    assert len(retried) == 1 and replies == [(0, 2), (1, 1), (2, 1)]
+
+
+def test_a_level_is_not_sent_again_to_a_node_still_working_on_it():
+    grid = ScriptedGrid([1, 2, 3], {(1, 0, 1): "silent", (2, 0, 2): "silent"})
+    replies, _ = send(grid, retries=2, reply_timeout=0.05)
+    assert [(n, t) for n, level, t in grid.log if level == 0] == [(1, 1), (2, 2), (3, 3)]
+    assert replies == [(0, 3), (1, 1), (2, 1)]
+    grid = ScriptedGrid([1, 2], {(1, 0, 1): "silent", (2, 0, 2): "silent"})
+    with pytest.raises(RoundFailed, match="noise level 0 .* failed after 2 tries"):
+        send(grid, retries=1, reply_timeout=0.05)
 
 
 def test_a_lone_node_gets_the_level_again_and_no_node_fails_the_round():
