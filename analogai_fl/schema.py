@@ -333,8 +333,8 @@ def _federation_keys() -> dict[str, Key]:
             "of ours: Flower reports a lost SuperNode after 2 missed 30 s heartbeats)",
             minimum=0.0),
         "federation.inject_failure": Key(
-            "", "fault injection for trying the retry policy: 'R:K' makes noise level K's "
-            "ClientApp fail on its first try in round R ('' = never)"),
+            "off", "fault injection for trying the retry policy: 'R:K' makes noise level K's "
+            "ClientApp fail on its first try in round R; 'off' = never"),
     }
 
 

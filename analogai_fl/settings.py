@@ -361,12 +361,12 @@ def _strategy(cfg: Mapping[str, Any]) -> StrategySettings:
 def _federation(cfg: Mapping[str, Any], k_total: int) -> FederationSettings:
     text = cfg["federation.inject_failure"].strip()
     injected = None
-    if text:
+    if text != "off":
         parts = text.split(":")
         if (len(parts) != 2 or not all(p.strip().isdigit() for p in parts)
                 or int(parts[0]) < 1 or int(parts[1]) >= k_total):
             raise ConfigError(f"key 'federation.inject_failure' expects 'ROUND:LEVEL' with "
-                              f"ROUND >= 1 and LEVEL in 0..{k_total - 1} (or ''), got '{text}'")
+                              f"ROUND >= 1 and LEVEL in 0..{k_total - 1}, or 'off', got '{text}'")
         injected = (int(parts[0]), int(parts[1]))
     return FederationSettings(retries=cfg["federation.retries"],
                               reply_timeout=cfg["federation.reply_timeout"],

@@ -201,6 +201,59 @@ def test_a_resumed_fedavgm_run_equals_an_uninterrupted_one(tmp_path):
     assert rounds(split) == [0, 1, 2]  # nothing was rewound or appended
 
 
+SMALL = ("training.client_num_in_total=2 training.rounds=3 data.max_train_examples=300 "
+         "inference.repeats=1 inference.drift_times='1,86400'")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    completed(f"{SMALL} output.dir='{out}'")
+    (folder,) = run_folders(out)
+    return folder
+
+
+def same_rounds(folder: Path, reference: Path) -> None:
+    """Every evaluated round of `folder` equals the reference run's, and so does the final
+    model (accuracies compared exactly: same seeds, same computation)."""
+    def evaluated(f: Path) -> list[tuple]:
+        records = [json.loads(x) for x in (f / "metrics.jsonl").read_text().splitlines()]
+        return [(r["round"], r["clean_acc"], r["val_acc"],
+                 {t: v["mean"] for t, v in r["pcm"].items()}) for r in records]
+
+    assert evaluated(folder) == evaluated(reference)
+    final, reference_final = final_state(folder, 3), final_state(reference, 3)
+    assert all(torch.equal(final[k], v) for k, v in reference_final.items())
+
+
+def test_a_failed_client_without_retries_stops_the_run_and_resume_equals_uninterrupted(
+        uninterrupted, tmp_path):
+    status, log = flwr_run(f"{SMALL} federation.retries=0 federation.inject_failure='2:1' "
+                           f"output.dir='{tmp_path}'")
+    assert status == "finished:failed"
+    (folder,) = run_folders(tmp_path)
+    failed = (folder / "failed.txt").read_text()
+    assert failed.startswith("round 2: noise level 1 (sigma 0.15) failed after 1 try (try 1 "
+                             "on node ")
+    assert "noise level 1 fails its first try in round 2" in failed  # the ClientApp's error
+    assert rounds(folder) == [0, 1]
+    completed(f"output.resume='{folder}' federation.inject_failure='off'")
+    same_rounds(folder, uninterrupted)
+
+
+def test_a_client_that_fails_once_is_sent_again_and_the_run_is_unchanged(uninterrupted,
+                                                                         tmp_path):
+    log = completed(f"{SMALL} federation.retries=1 federation.inject_failure='2:1' "
+                    f"output.dir='{tmp_path}'")
+    (folder,) = run_folders(tmp_path)
+    records = [json.loads(x) for x in (folder / "clients.jsonl").read_text().splitlines()]
+    (retry,) = [r for r in records if "retry" in r]
+    assert retry["round"] == 2 and retry["retry"]["noise-index"] == 1
+    assert retry["retry"]["try"] == 1 and "fails its first try" in retry["retry"]["reason"]
+    assert "[round 2] noise level 1 (sigma 0.15) try 1 on node" in log
+    same_rounds(folder, uninterrupted)
+
+
 def test_a_diverging_run_stops_at_the_round_and_resumes_from_the_last_good_one(tmp_path):
     status, log = flwr_run(f"training.rounds=2 training.lr=1000.0 training.optimizer='sgd' "
                            f"training.client_num_in_total=2 inference.platform.aihwkit.use=false "

@@ -177,13 +177,14 @@ def test_the_engine_grid_is_reached_through_the_wrapper():
     assert retrying.get_node_ids() == [1] and retrying.anything == "engine specific"
 
 
-@pytest.mark.parametrize("text", ["2", "0:1", "1:5", "a:b", "1:1:1"])
+@pytest.mark.parametrize("text", ["2", "0:1", "1:5", "a:b", "1:1:1", ""])
 def test_inject_failure_needs_a_round_and_an_existing_level(text):
     with pytest.raises(ConfigError, match="federation.inject_failure.*ROUND:LEVEL"):
         experiment(**{"federation.inject_failure": text})
 
 
 def test_retry_keys_are_typed_settings():
+    assert experiment().federation.inject_failure is None  # 'off' by default
     exp = experiment(**{"federation.retries": 3, "federation.reply_timeout": 12.5,
                         "federation.inject_failure": "2:4"})
     assert (exp.federation.retries, exp.federation.reply_timeout,
