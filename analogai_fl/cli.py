@@ -305,6 +305,12 @@ def run_check(args: argparse.Namespace) -> int:
                             f"torch device {evaluation.torch_device} (here: "
                             f"{evaluation_device(exp)})" if evaluation.use
                             else "clean accuracy only"),
+        f"  failures: a missing or failed level is sent again up to "
+        f"{exp.federation.retries} time(s), reply timeout "
+        + (f"{exp.federation.reply_timeout:g} s" if exp.federation.reply_timeout else
+           "Flower's") + ("" if exp.federation.inject_failure is None else
+                          ", injected failure round {}, level {}".format(
+                              *exp.federation.inject_failure)),
         "  output: " + (f"resumes {exp.output.resume}" if exp.output.resume else
                         f"{exp.output.dir}/{exp.output.name}-<time>/"),
         f"  changed from the defaults: {', '.join(changed) if changed else 'nothing'}"]

@@ -330,7 +330,8 @@ def _federation_keys() -> dict[str, Key]:
             "fails (0 = the first failure fails the round)", minimum=0),
         "federation.reply_timeout": Key(
             0.0, "seconds to wait for one try's reply before sending it again (0 = no limit "
-            "of ours: Flower reports a lost SuperNode after 2 missed 30 s heartbeats)",
+            "of ours: Flower's strategies wait up to 3600 s, and Flower reports a lost "
+            "SuperNode after 2 missed 30 s heartbeats)",
             minimum=0.0),
         "federation.inject_failure": Key(
             "off", "fault injection for trying the retry policy: 'R:K' makes noise level K's "

@@ -34,7 +34,6 @@ TRY_KEY = "try"  # in the train config: 1 for the first send of a level, 2 for i
 
 @dataclass
 class _Try:
-    message: Message
     level: int  # index into the messages of this call
     number: int
     node: int
@@ -154,7 +153,7 @@ class RetryingGrid(Grid):
                               group_id=message.metadata.group_id)
         (message_id,) = self.grid.push_messages([message])
         deadline = time.monotonic() + limit if limit else float("inf")
-        pending[message_id] = _Try(message, index, level.tries, node, deadline)
+        pending[message_id] = _Try(index, level.tries, node, deadline)
 
     def _again(self, pending: dict[str, _Try], levels: list[_Level], attempt: _Try,
                failed: list[str], limit: float | None, resend: bool = True) -> None:

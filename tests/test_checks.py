@@ -27,6 +27,10 @@ def test_check_prints_what_flwr_run_would_run(capsys):
     assert code == 0
     assert "lenet on digits" in out and "strategy fedadam" in out and "3 rounds" in out
     assert "changed from the defaults: training.rounds=3, strategy.name='fedadam'" in out
+    assert "sent again up to 2 time(s), reply timeout Flower's" in out
+    _, out, _ = run_cli(capsys, "check", "--run-config", "federation.retries=0 "
+                        "federation.reply_timeout=30 federation.inject_failure='2:1'")
+    assert "up to 0 time(s), reply timeout 30 s, injected failure round 2, level 1" in out
 
 
 @pytest.mark.parametrize("run_config,message", [
@@ -35,6 +39,7 @@ def test_check_prints_what_flwr_run_would_run(capsys):
     ("inference.protocols.realistic.adc_bits=1", "'inference.protocols.realistic.adc_bits' "
      "expects an integer >= 0, not 1"),
     ("strategy.name='fedadam' training.use_fl=false", "FI off runs only with strategy.name=msnat"),
+    ("federation.inject_failure='1:7'", "'federation.inject_failure' expects 'ROUND:LEVEL'"),
     ("inference.platform.aihwkit.device='ReRAM'", "with device ReRAM"),
     ("model.name='lenet' data.image_size=8", "'model.name'='lenet' and 'data.image_size'=8 do "
      "not fit together: lenet needs images of at least 16x16"),
