@@ -62,16 +62,19 @@ def _level(message: Message) -> tuple[str, dict]:
 class RetryingGrid(Grid):
     """A `Grid` whose `send_and_receive` applies the retry policy (module docstring);
     everything else is the wrapped grid's. `retries` >= 0; `reply_timeout` in seconds per
-    try, 0 = the caller's timeout (Flower's strategies pass 3600 s)."""
+    try, 0 = the caller's timeout (Flower's strategies pass 3600 s); `poll_seconds` between
+    pulls of the replies (default: the wrapped grid's `pull_interval`, else 1 s)."""
 
     def __init__(self, grid: Grid, retries: int, reply_timeout: float,
                  on_retry: Callable[[dict], None] | None = None,
-                 poll_seconds: float = 0.5) -> None:
+                 poll_seconds: float | None = None) -> None:
         self.grid = grid
         self.retries = retries
         self.reply_timeout = reply_timeout
         self.on_retry = on_retry
-        self.poll_seconds = poll_seconds
+        # as often as the engine's own grid polls (simulation: 0.1 s), else every second
+        self.poll_seconds = poll_seconds if poll_seconds is not None else float(
+            getattr(grid, "pull_interval", 1.0))
 
     # --- delegated ------------------------------------------------------------------------
     def set_run(self, run: Run) -> None:
