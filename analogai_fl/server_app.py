@@ -124,7 +124,8 @@ def run_experiment(grid: Grid, context: Context) -> None:
             f"sigma {m['sigma']:g}: loss {m['train_loss']:.3f} acc {percent(m['train_acc'])}%"
             for m in metrics))
 
-    def log_retry(server_round: int, record: dict) -> None:
+    def log_retry(record: dict) -> None:
+        server_round = record.pop("round")
         run.append_jsonl("clients.jsonl", {"round": server_round, "retry": record})
         console.print(f"[round {server_round}] noise level {record['noise-index']} (sigma "
                       f"{record['sigma']:g}) try {record['try']} on node {record['node']}: "
@@ -173,8 +174,7 @@ def run_experiment(grid: Grid, context: Context) -> None:
     if remaining > 0:
         try:
             retrying = RetryingGrid(grid, exp.federation.retries,
-                                    exp.federation.reply_timeout,
-                                    lambda record: log_retry(record.pop("round"), record))
+                                    exp.federation.reply_timeout, log_retry)
             strategy.start(grid=retrying, initial_arrays=initial, num_rounds=remaining,
                            train_config=ConfigRecord({CONFIG_KEY: json.dumps(cfg).encode()}),
                            evaluate_fn=evaluator)

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord
 
 CONFIG_KEY = "analogai-config"
 DIVERGED = "diverged"
+TRY_KEY = "try"  # in a train config: 1 = first send of a noise level, 2 = its first resend
 
 
 def join_models(models: Sequence[ArrayRecord], fused: bool) -> ArrayRecord:

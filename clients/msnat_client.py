@@ -24,7 +24,7 @@ from analogai_fl.models import build_model
 from analogai_fl.partitions import client_dataset
 from analogai_fl.settings import DataSettings, Experiment
 from analogai_fl.training import TrainingDiverged, accuracy, train_local
-from analogai_fl.wire import CONFIG_KEY, DIVERGED
+from analogai_fl.wire import CONFIG_KEY, DIVERGED, TRY_KEY
 
 app = ClientApp()
 DATA_ROOT_KEY = "data-root"  # the SuperNode's --node-config key for its data folder
@@ -54,7 +54,7 @@ def train(msg: Message, context: Context) -> Message:
     exp = Experiment.from_config(json.loads(sent[CONFIG_KEY]))  # JSON bytes: Flower logs
     sigma, index, server_round = float(sent["sigma"]), int(sent["noise-index"]), int(
         sent["server-round"])                                  # them as <bytes>
-    if exp.federation.inject_failure == (server_round, index) and int(sent.get("try", 1)) == 1:
+    if exp.federation.inject_failure == (server_round, index) and int(sent.get(TRY_KEY, 1)) == 1:
         raise InjectedFailure(f"federation.inject_failure: noise level {index} fails its "
                               f"first try in round {server_round}")
     data = load_data(node_data(exp.data, context.node_config))  # never downloads: the

@@ -39,7 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords, sample_nodes
 from flwr.supercore import log
 
-from analogai_fl.wire import DIVERGED
+from analogai_fl.wire import DIVERGED, TRY_KEY
 
 from .fusion import fuse
 
@@ -117,7 +117,7 @@ class NoiseLevelDispatch:
             content = ConfigRecord(dict(config) | {
                 "server-round": server_round + self.round_offset,
                 "proximal-mu": self.client_mu, "sigma": sigma, "noise-index": k,
-                "try": 1})  # resends (retry.RetryingGrid) count on
+                TRY_KEY: 1})  # resends (retry.RetryingGrid) count on
             messages.append(Message(RecordDict({self.arrayrecord_key: model,
                                                 self.configrecord_key: content}),
                                     dst_node_id=nodes[k % len(nodes)],

@@ -27,9 +27,9 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from .dispatch import RoundFailed
+from analogai_fl.wire import TRY_KEY
 
-TRY_KEY = "try"  # in the train config: 1 for the first send of a level, 2 for its first resend
+from .dispatch import RoundFailed
 
 
 @dataclass
