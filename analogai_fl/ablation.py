@@ -238,7 +238,8 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
 
     Run again with the same `out` and settings (more seeds or arms allowed), it continues:
     finished (arm, seed) rows are kept from `out/rows.jsonl`, an interrupted `flwr run` is
-    resumed from its last checkpoint, an interrupted HWA arm is trained again. ConfigError
+    resumed from its last checkpoint, an interrupted HWA arm is trained again; the tables
+    and plots are then rendered from every row of `out/rows.jsonl`. ConfigError
     (before any work) when `out` holds an ablation of other settings."""
     check_arms(exp, overrides, out, seeds, names)
     rows = finished_rows(exp, out)
@@ -274,4 +275,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
             with open(out / ROWS_FILE, "a") as f:
                 f.write(json.dumps(row) + "\n")
             write_ablation(rows, this.n_w_columns, out)
+    rows = finished_rows(exp, out)  # all of `out`, so a rerun with nothing left re-renders
+    if rows:
+        write_ablation(rows, exp.n_w_columns, out)
     return rows

@@ -199,21 +199,23 @@ def _flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[float]) -> str:
-    """One table per protocol, one row per method: mean ± std over seeds (PCM cells of a
-    single seed are the mean over Monte-Carlo repeats)."""
+    """One table per protocol, one row per method: mean ± std over its seeds (the sample
+    std; column "seeds" says how many, as methods may have different numbers in a folder
+    still being filled), and the validation table. A PCM cell of one seed is the mean over
+    Monte-Carlo repeats."""
     methods = list(dict.fromkeys(r["arm"] for r in rows))
     labels = list(rows[0]["protocols"]["realistic"]["drift"])
     selected = n_w_columns
     parts = []
     for name in PROTOCOLS:
-        head = ["method", "clean", *[f"PCM {x}" for x in labels],
+        head = ["method", "seeds", "clean", *[f"PCM {x}" for x in labels],
                 *[f"n_w {v:g}" for v in selected], "sample passes", "wall s"]
         lines = [f"**Protocol `{name}`** (test accuracy %, PCM with drift compensation per "
                  f"the protocol; n_w columns at {labels[0]})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for arm in methods:
             mine = [r for r in rows if r["arm"] == arm]
-            cells = [mine[0]["method"], spread([r["clean"] for r in mine])]
+            cells = [mine[0]["method"], str(len(mine)), spread([r["clean"] for r in mine])]
             results = [r["protocols"][name] for r in mine]
             cells += [spread([p["drift"][x]["mean"] for p in results]) for x in labels]
             cells += [spread([p["n_w"][v]["mean"] for p in results]) for v in selected]
@@ -222,12 +224,13 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[f
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     if all("val" in r for r in rows):
-        head = ["method", "val clean", *[f"{name} PCM {x}" for name in PROTOCOLS for x in labels]]
+        head = ["method", "seeds", "val clean",
+                *[f"{name} PCM {x}" for name in PROTOCOLS for x in labels]]
         lines = ["**Validation split** (accuracy %: the split that chooses recipes; the tables "
                  "above are test)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for arm in methods:
             mine = [r["val"] for r in rows if r["arm"] == arm]
-            cells = [next(r["method"] for r in rows if r["arm"] == arm),
+            cells = [next(r["method"] for r in rows if r["arm"] == arm), str(len(mine)),
                      spread([v["clean"] for v in mine])]
             cells += [spread([v["protocols"][name]["drift"][x]["mean"] for v in mine])
                       for name in PROTOCOLS for x in labels]

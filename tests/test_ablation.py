@@ -177,3 +177,43 @@ def test_ablate_command_refuses_bad_input_before_training(args, message, tmp_pat
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()  # nothing trained
+
+
+def _row(arm, seed, acc):
+    """An ablation row as `run_ablation` writes it, every accuracy `acc` (a fraction)."""
+    entry = {"mean": acc, "std": 0.0, "seconds": 1.0}
+    protocol = {"drift": {"1s": entry}, "n_w": {0.1: entry}}
+    return {"arm": arm, "method": arm.upper(), "seed": seed, "epochs": 1, "sample_passes": 10,
+            "wall_seconds": 1.0, "note": "", "clean": acc,
+            "protocols": {name: protocol for name in schema.PROTOCOLS},
+            "val": {"clean": acc, "protocols": {name: {"drift": {"1s": entry}}
+                                                for name in schema.PROTOCOLS}}}
+
+
+def test_the_table_gives_each_method_its_seed_count_and_spread():
+    from analogai_fl.reporting import ablation_markdown
+    rows = [_row("a", 1, 0.80), _row("a", 2, 0.90), _row("b", 1, 0.70)]
+    md = ablation_markdown(rows, [0.1])
+    for table in md.split("**")[2::2]:  # the realistic, seed and validation tables
+        assert "| method | seeds |" in table
+        # a: two seeds, mean 85.0, sample std 7.1; b: one seed, no spread shown
+        assert "| A | 2 | 85.0 ± 7.1 | 85.0 ± 7.1 |" in table
+        assert "| B | 1 | 70.0 | 70.0 |" in table
+
+
+@pytest.mark.e2e
+def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation):
+    out, _ = tiny_ablation
+    kept = (out / ablation.ROWS_FILE).read_text()
+    (out / "results.md").unlink()
+    overrides = {"training.rounds": 1, "training.client_num_in_total": 2,
+                 "inference.repeats": 1, "inference.drift_times": [1.0, 86400.0],
+                 "inference.n_w_sweep": [0.0, 0.2], "ablation.n_w_columns": [0.2]}
+    said = []
+    rows = ablation.run_ablation(Experiment.from_config(resolve(overrides)), overrides, out,
+                                 [3], ["vanilla"], progress=said.append)
+    assert not any("training" in s for s in said)
+    assert (out / ablation.ROWS_FILE).read_text() == kept
+    assert {r["arm"] for r in rows} == {"vanilla", "msnat_no_fi", "msnat", "hwa"}
+    md = (out / "results.md").read_text()
+    assert md.count("| MSNAT | 1 |") == 3 and "| aihwkit HWA (same epochs) | 1 |" in md
