@@ -5,8 +5,8 @@
     final_table                        a run's clean vs analog accuracy (ServerApp, at the end)
     infer_tables / write_infer         `analogai-fl infer`: tables, drift.csv, n_w_sweep.csv,
                                        infer.png
-    ablation_markdown / write_ablation `analogai-fl ablate`: results.csv, results.md and the
-                                       two plots
+    ablation_markdown / write_ablation `analogai-fl ablate`: results.csv, results.md (with
+                                       who leads each column, `leader`) and the two plots
 
 Accuracies are fractions (0..1) everywhere in the data and percent only when formatted.
 """
@@ -236,11 +236,49 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[f
                       for name in PROTOCOLS for x in labels]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    parts.append(leaders_markdown(rows, labels, selected))
     seeds = sorted({r["seed"] for r in rows})
     notes = sorted({f"- {r['method']}: {r['note']}" for r in rows if r["note"]})
     return "\n\n".join(parts) + (f"\n\nSeeds: {seeds}. " + "Sample passes: network passes x "
                                  "examples spent in training (the compute budget).\n") + (
         "\n".join(notes) + "\n" if notes else "")
+
+
+def leader(per_method: Mapping[str, Sequence[float]]) -> str:
+    """Who leads one column of the ablation (`per_method`: method -> its per-seed accuracies,
+    fractions), as one sentence: the best mean and the runner-up, each mean ± sample std over
+    seeds, and the verdict. A lead counts as a win only beyond the seed spread, i.e. larger
+    than the larger of the two sample stds (the project's rule: a difference inside the seed
+    spread is not a win); with one seed on either side there is no spread to judge by."""
+    ranked = sorted(per_method, key=lambda m: statistics.fmean(per_method[m]), reverse=True)
+    best = ranked[0]
+    if len(ranked) == 1:
+        return f"{best} {spread(per_method[best])} (the only method)"
+    second = ranked[1]
+    a, b = per_method[best], per_method[second]
+    lead = statistics.fmean(a) - statistics.fmean(b)
+    said = f"{best} {spread(a)} leads {second} {spread(b)} by {100 * lead:.1f} points"
+    if min(len(a), len(b)) < 2:
+        return said + ": one seed, no spread to judge by"
+    width = max(statistics.stdev(a), statistics.stdev(b))
+    return said + (": a win, beyond the seed spread" if lead > width
+                   else f": within the seed spread ({100 * width:.1f}), not a win")
+
+
+def leaders_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
+                     n_w_columns: Sequence[float]) -> str:
+    """Per protocol and test column (PCM at each drift time, each n_w column), `leader`."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["**Who leads** (test, mean ± std over seeds; a lead is a win only when larger "
+             "than the larger seed std of the two)", ""]
+    for name in PROTOCOLS:
+        columns = [(f"PCM {x}", "drift", x) for x in labels] + \
+                  [(f"n_w {v:g}", "n_w", v) for v in n_w_columns]
+        for title, kind, key in columns:
+            per_method = {m: [r["protocols"][name][kind][key]["mean"] for r in rows
+                              if r["method"] == m] for m in methods}
+            lines.append(f"- `{name}` {title}: {leader(per_method)}")
+    return "\n".join(lines)
 
 
 def write_ablation(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[float],

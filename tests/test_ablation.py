@@ -104,7 +104,8 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
     assert [t["arm"] for t in table] == [r["arm"] for r in rows]
     assert {"realistic_pcm_1d_mean", "seed_n_w_0.2_mean", "sample_passes"} <= set(table[0])
     md = (out / "results.md").read_text()
-    assert md.count("| MSNAT |") == 3 and "n_w 0.2" in md  # per protocol, and validation
+    assert md.count("| MSNAT | 1 |") == 3 and "n_w 0.2" in md  # per protocol, and validation
+    assert "- `seed` PCM 1d: " in md and "one seed, no spread" in md  # who leads each column
     # validation measured alongside test, for choosing on validation and reporting on test
     for r in rows:
         assert 0 <= r["val"]["clean"] <= 1
@@ -194,7 +195,9 @@ def test_the_table_gives_each_method_its_seed_count_and_spread():
     from analogai_fl.reporting import ablation_markdown
     rows = [_row("a", 1, 0.80), _row("a", 2, 0.90), _row("b", 1, 0.70)]
     md = ablation_markdown(rows, [0.1])
-    for table in md.split("**")[2::2]:  # the realistic, seed and validation tables
+    tables = [part for part in md.split("\n\n") if part.startswith("| method")]
+    assert len(tables) == 3  # the realistic, seed and validation tables
+    for table in tables:
         assert "| method | seeds |" in table
         # a: two seeds, mean 85.0, sample std 7.1; b: one seed, no spread shown
         assert "| A | 2 | 85.0 ± 7.1 | 85.0 ± 7.1 |" in table
@@ -217,3 +220,15 @@ def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation
     assert {r["arm"] for r in rows} == {"vanilla", "msnat_no_fi", "msnat", "hwa"}
     md = (out / "results.md").read_text()
     assert md.count("| MSNAT | 1 |") == 3 and "| aihwkit HWA (same epochs) | 1 |" in md
+
+
+def test_a_lead_inside_the_seed_spread_is_not_called_a_win():
+    from analogai_fl.reporting import leader
+    wide = leader({"A": [0.80, 0.86, 0.83], "B": [0.81, 0.82, 0.80]})  # stds 3.0 and 1.0
+    assert wide.startswith("A 83.0 ± 3.0 leads B 81.0 ± 1.0 by 2.0 points")
+    assert wide.endswith("within the seed spread (3.0), not a win")
+    tight = leader({"B": [0.81, 0.82, 0.80], "A": [0.84, 0.85, 0.83]})
+    assert tight.startswith("A 84.0 ± 1.0 leads B") and tight.endswith("a win, beyond the "
+                                                                         "seed spread")
+    assert leader({"A": [0.9], "B": [0.8, 0.7]}).endswith("one seed, no spread to judge by")
+    assert "the only method" in leader({"A": [0.9, 0.8]})
