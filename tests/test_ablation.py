@@ -217,9 +217,12 @@ def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation
                                  [3], ["vanilla"], progress=said.append)
     assert not any("training" in s for s in said)
     assert (out / ablation.ROWS_FILE).read_text() == kept
-    assert {r["arm"] for r in rows} == {"vanilla", "msnat_no_fi", "msnat", "hwa"}
+    in_folder = [json.loads(line) for line in kept.splitlines()]  # not only the vanilla arm
+    assert len(in_folder) >= 3
+    assert sorted(r["arm"] for r in rows) == sorted(r["arm"] for r in in_folder)
     md = (out / "results.md").read_text()
-    assert md.count("| MSNAT | 1 |") == 3 and "| aihwkit HWA (same epochs) | 1 |" in md
+    for row in in_folder:  # one line per protocol and in the validation table
+        assert md.count(f"| {row['method']} | 1 |") == 3
 
 
 def test_a_lead_inside_the_seed_spread_is_not_called_a_win():
