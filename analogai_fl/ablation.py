@@ -275,7 +275,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
             with open(out / ROWS_FILE, "a") as f:
                 f.write(json.dumps(row) + "\n")
             write_ablation(rows, this.n_w_columns, out)
-    rows = finished_rows(exp, out)  # all of `out`, so a rerun with nothing left re-renders
-    if rows:
-        write_ablation(rows, exp.n_w_columns, out)
-    return rows
+    in_folder = finished_rows(exp, out)  # with rows another process may have added
+    if in_folder and (len(in_folder) != len(rows) or len(rows) == len(done)):
+        write_ablation(in_folder, exp.n_w_columns, out)  # else the loop's last one stands
+    return in_folder
