@@ -100,6 +100,24 @@ def _noise_level_key_beyond(key: str, k_total: int) -> bool:
             and parts[1][len("noise_"):].isdigit() and int(parts[1][len("noise_"):]) >= k_total)
 
 
+def same_run_as_msnat(exp: Experiment, overrides: Mapping[str, Any],
+                      names: Sequence[str]) -> list[str]:
+    """The arms of `names`, other than 'msnat', whose `flwr run` resolves to the same config
+    as the 'msnat' arm's (for example 'msnat_no_fl' when the config already has
+    `training.use_neg = false`): training them again would only repeat the 'msnat' run.
+    Empty when 'msnat' is not among `names`."""
+    if "msnat" not in names:
+        return []
+    table = arms(exp)
+
+    def run(name: str) -> dict[str, Any]:
+        resolved = resolve(arm_run_config(name, table[name], exp, overrides, exp.seed, Path()))
+        return {k: v for k, v in resolved.items() if k != "output.name"}
+
+    msnat = run("msnat")
+    return [n for n in names if n != "msnat" and table[n].kind == "flwr" and run(n) == msnat]
+
+
 def seeded(exp: Experiment, seed: int) -> Experiment:
     return Experiment.from_config(dict(exp.config) | {"seed": seed})
 
@@ -239,9 +257,15 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
     Run again with the same `out` and settings (more seeds or arms allowed), it continues:
     finished (arm, seed) rows are kept from `out/rows.jsonl`, an interrupted `flwr run` is
     resumed from its last checkpoint, an interrupted HWA arm is trained again; the tables
-    and plots are then rendered from every row of `out/rows.jsonl`. ConfigError
+    and plots are then rendered from every row of `out/rows.jsonl`. An arm whose run would
+    be the 'msnat' run itself (`same_run_as_msnat`) is not trained. ConfigError
     (before any work) when `out` holds an ablation of other settings."""
     check_arms(exp, overrides, out, seeds, names)
+    repeats = same_run_as_msnat(exp, overrides, names)
+    if repeats:
+        progress(f"not trained: {', '.join(repeats)} (the same run as 'msnat' with these "
+                 "settings)")
+        names = [n for n in names if n not in repeats]
     rows = finished_rows(exp, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / STATE_FILE).write_text(json.dumps({"config": _identity(exp)}, indent=1))

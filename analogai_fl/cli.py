@@ -257,7 +257,8 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
                         help="seeds to repeat the whole ablation with (default: the config's)")
     parser.add_argument("--arms", metavar="A,B,...", help="subset of arms (default: all): "
                         "vanilla, noise_injection, msnat_no_fi, msnat_no_fl, msnat, hwa, "
-                        "hwa_compute")
+                        "hwa_compute; an arm that would repeat the msnat run (msnat_no_fl "
+                        "when FL is already off) is not trained")
     parser.add_argument("--out", help="results folder (default: <output.dir>/ablation-<time>)")
     parser.set_defaults(handler=run_ablate)
 

@@ -60,6 +60,19 @@ def test_one_run_config_of_the_k_sigmas_serves_every_arm(tmp_path):
         assert list(run.noise_levels) == pytest.approx(expected), name
 
 
+def test_an_arm_that_would_repeat_the_msnat_run_is_not_trained(tmp_path):
+    names = list(ablation.ARM_NAMES)
+    full = Experiment.from_config(resolve({}))
+    assert ablation.same_run_as_msnat(full, {}, names) == []
+    no_feedback = {"training.use_neg": False}
+    exp = Experiment.from_config(resolve(no_feedback))
+    assert ablation.same_run_as_msnat(exp, no_feedback, names) == ["msnat_no_fl"]
+    assert ablation.same_run_as_msnat(exp, no_feedback, ["msnat_no_fl"]) == []  # no 'msnat'
+    no_fusion = {"training.use_fl": False}
+    exp = Experiment.from_config(resolve(no_fusion))
+    assert ablation.same_run_as_msnat(exp, no_fusion, names) == ["msnat_no_fi"]
+
+
 def test_unknown_arm_and_missing_baseline_are_refused(tmp_path):
     cfg = Experiment.from_config(resolve({}))
     with pytest.raises(ValueError, match="unknown arm.*'nope'.*known: vanilla"):
