@@ -238,7 +238,12 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[f
         parts.append("\n".join(lines))
     parts.append(leaders_markdown(rows, labels, selected))
     seeds = sorted({r["seed"] for r in rows})
-    notes = sorted({f"- {r['method']}: {r['note']}" for r in rows if r["note"]})
+    by_note: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        if r["note"]:
+            by_note.setdefault((r["method"], r["note"]), []).append(r["seed"])
+    notes = [f"- {method}: {note} (seed{'s' if len(s) > 1 else ''} "
+             f"{', '.join(map(str, sorted(s)))})" for (method, note), s in sorted(by_note.items())]
     return "\n\n".join(parts) + (f"\n\nSeeds: {seeds}. " + "Sample passes: network passes x "
                                  "examples spent in training (the compute budget).\n") + (
         "\n".join(notes) + "\n" if notes else "")

@@ -217,6 +217,16 @@ def test_the_table_gives_each_method_its_seed_count_and_spread():
         assert "| B | 1 | 70.0 | 70.0 |" in table
 
 
+def test_each_seed_note_is_listed_once_with_its_seeds():
+    from analogai_fl.reporting import ablation_markdown
+    rows = [_row("a", seed, 0.8) | {"note": f"best of K=5 by validation: sigma {sigma}"}
+            for seed, sigma in ((1, 0.04), (2, 0.02), (3, 0.04))]
+    md = ablation_markdown(rows, [0.1])
+    assert "- A: best of K=5 by validation: sigma 0.02 (seed 2)" in md
+    assert "- A: best of K=5 by validation: sigma 0.04 (seeds 1, 3)" in md
+    assert md.count("sigma 0.04") == 1
+
+
 @pytest.mark.e2e
 def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation):
     out, _ = tiny_ablation
