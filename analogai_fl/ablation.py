@@ -23,7 +23,7 @@ from torch import nn
 from . import hwa
 from .analog import drift_accuracy, n_w_sweep
 from .checks import check_client_shares, check_experiment, evaluation_device
-from .config import ConfigError, defaults, load_yaml, resolve
+from .config import CONF_KEY, ConfigError, defaults, load_yaml, resolve
 from .data import Splits, load_data
 from .flwr_cli import completed_run, run_config_string
 from .outputs import RunFolder
@@ -219,10 +219,11 @@ STATE_FILE = "ablation.json"  # what the folder's rows were made with
 ROWS_FILE = "rows.jsonl"  # one finished (arm, seed) per line
 
 
-def _identity(exp: Experiment) -> dict[str, Any]:
+def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings every row of one ablation folder shares: the resolved config without
-    the seed (seeds may be added later) and the run name."""
-    return {k: v for k, v in exp.config.items() if k not in ("seed", "output.name")}
+    the seed (seeds may be added later), the run name and the conf file's path (its values
+    are in the resolved config, so a moved checkout continues its folders)."""
+    return {k: v for k, v in config.items() if k not in ("seed", "output.name", CONF_KEY)}
 
 
 def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
@@ -230,13 +231,17 @@ def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
     ablation of other settings, naming the keys that differ: its rows would not compare."""
     if not (out / STATE_FILE).exists():
         return []
-    saved = json.loads((out / STATE_FILE).read_text())["config"]
-    mine = json.loads(json.dumps(_identity(exp)))  # the same JSON types as the saved one
+    # a key added to the schema after the folder was written has its default there
+    saved = json.loads(json.dumps(_identity(defaults()))) | _identity(
+        json.loads((out / STATE_FILE).read_text())["config"])
+    mine = json.loads(json.dumps(_identity(exp.config)))  # the same JSON types as saved
     differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
     if differ:
-        raise ConfigError(f"--out {out}: holds an ablation with other settings (keys "
-                          f"{', '.join(differ)} differ); use the same conf and --run-config "
-                          "to continue it, or another --out")
+        shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine.get(k)!r} now"
+                          for k in differ[:5]) + ("; ..." if len(differ) > 5 else "")
+        raise ConfigError(f"--out {out}: holds an ablation with other settings ({shown}); "
+                          "use the same conf and --run-config to continue it, or another "
+                          "--out")
     rows = [json.loads(line) for line in (out / ROWS_FILE).read_text().splitlines()
             if line.strip()] if (out / ROWS_FILE).exists() else []
     for row in rows:  # JSON keys are strings; the n_w sweep is keyed by float
@@ -268,7 +273,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
         names = [n for n in names if n not in repeats]
     rows = finished_rows(exp, out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / STATE_FILE).write_text(json.dumps({"config": _identity(exp)}, indent=1))
+    (out / STATE_FILE).write_text(json.dumps({"config": _identity(exp.config)}, indent=1))
     done = {(r["arm"], r["seed"]): r for r in rows}
     if done:
         progress(f"continuing {out}: {len(done)} (arm, seed) result(s) kept")

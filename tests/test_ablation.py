@@ -164,13 +164,18 @@ def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_p
 
 def test_an_ablation_folder_of_other_settings_is_refused_before_any_work(tmp_path):
     first = Experiment.from_config(resolve({"training.rounds": 1}))
-    (tmp_path / ablation.STATE_FILE).write_text(json.dumps(
-        {"config": ablation._identity(first)}))
+    saved = ablation._identity(first.config)
+    del saved["federation.retries"]  # a folder written before that key existed
+    saved["conf"] = "/elsewhere/conf/default.yaml"  # and by a checkout since moved
+    (tmp_path / ablation.STATE_FILE).write_text(json.dumps({"config": saved}))
     assert ablation.finished_rows(Experiment.from_config(resolve(
         {"training.rounds": 1, "seed": 7})), tmp_path) == []  # other seeds may be added
     other = Experiment.from_config(resolve({"training.rounds": 2}))
-    with pytest.raises(ConfigError, match="keys training.rounds differ"):
+    with pytest.raises(ConfigError, match="training.rounds: 1 there, 2 now"):
         ablation.run_ablation(other, {}, tmp_path, [0], ["vanilla"])
+    retries = Experiment.from_config(resolve({"training.rounds": 1, "federation.retries": 3}))
+    with pytest.raises(ConfigError, match="federation.retries: 2 there, 3 now"):
+        ablation.finished_rows(retries, tmp_path)  # the missing key has its default there
     assert not (tmp_path / "runs").exists()
 
 
