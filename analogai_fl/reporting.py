@@ -298,9 +298,23 @@ def write_ablation(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[floa
     plot_ablation(rows, out)
 
 
+def seed_curve(rows: Sequence[Mapping[str, Any]], protocol: str, kind: str
+               ) -> tuple[list[float], list[float], list[float] | None]:
+    """One method's curve over its seeds' `rows` under `protocol`: x (seconds after
+    programming for kind "drift", n_w for "n_w"), the mean test accuracy in percent and its
+    sample std over seeds in points (None with one seed)."""
+    points = rows[0]["protocols"][protocol][kind]
+    xs = [points[k]["seconds"] for k in points] if kind == "drift" else list(points)
+    per_point = [[100 * r["protocols"][protocol][kind][k]["mean"] for r in rows]
+                 for k in points]
+    ys = [statistics.fmean(v) for v in per_point]
+    spread = [statistics.stdev(v) for v in per_point] if len(rows) > 1 else None
+    return xs, ys, spread
+
+
 def plot_ablation(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
     """accuracy_vs_n_w.png and accuracy_vs_drift.png: one line per method, one panel per
-    protocol, mean over seeds."""
+    protocol, the mean over seeds with bars of +- one std over seeds (`seed_curve`)."""
     plt = pyplot()
     methods = list(dict.fromkeys(r["arm"] for r in rows))
     for kind, xlabel, fname in (("n_w", "aihwkit n_w", "accuracy_vs_n_w.png"),
@@ -311,11 +325,10 @@ def plot_ablation(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
         for ax, name in zip(axes[0], PROTOCOLS, strict=True):
             for arm in methods:
                 mine = [r for r in rows if r["arm"] == arm]
-                points = mine[0]["protocols"][name][kind]
-                xs = [points[k]["seconds"] for k in points] if kind == "drift" else list(points)
-                ys = [100 * statistics.fmean(r["protocols"][name][kind][k]["mean"] for r in mine)
-                      for k in points]
-                ax.plot(xs, ys, marker="o", label=mine[0]["method"])
+                xs, ys, spread = seed_curve(mine, name, kind)
+                ax.errorbar(xs, ys, yerr=spread, marker="o", capsize=3,
+                            label=f"{mine[0]['method']} ({len(mine)} seed"
+                                  f"{'s' if len(mine) > 1 else ''})")
             if kind == "drift":
                 ax.set_xscale("log")
             ax.set(title=f"protocol {name}", xlabel=xlabel, ylabel="test accuracy (%)")

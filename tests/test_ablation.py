@@ -222,6 +222,15 @@ def test_the_table_gives_each_method_its_seed_count_and_spread():
         assert "| B | 1 | 70.0 | 70.0 |" in table
 
 
+def test_the_plotted_curve_is_the_mean_over_seeds_with_their_spread():
+    from analogai_fl.reporting import seed_curve
+    xs, ys, spread = seed_curve([_row("a", 1, 0.80), _row("a", 2, 0.90)], "realistic", "drift")
+    assert xs == [1.0] and ys == pytest.approx([85.0])
+    assert spread == pytest.approx([7.0711], abs=1e-3)  # sample std of 80 and 90
+    assert seed_curve([_row("a", 1, 0.8)], "seed", "n_w") == ([0.1], [pytest.approx(80.0)],
+                                                               None)
+
+
 def test_each_seed_note_is_listed_once_with_its_seeds():
     from analogai_fl.reporting import ablation_markdown
     rows = [_row("a", seed, 0.8) | {"note": f"best of K=5 by validation: sigma {sigma}"}
