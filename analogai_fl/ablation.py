@@ -222,8 +222,10 @@ ROWS_FILE = "rows.jsonl"  # one finished (arm, seed) per line
 def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings every row of one ablation folder shares: the resolved config without
     the seed (seeds may be added later), the run name and the conf file's path (its values
-    are in the resolved config, so a moved checkout continues its folders)."""
-    return {k: v for k, v in config.items() if k not in ("seed", "output.name", CONF_KEY)}
+    are in the resolved config, so a moved checkout continues its folders), as JSON types
+    (what the folder's file holds, so the two compare)."""
+    return json.loads(json.dumps(
+        {k: v for k, v in config.items() if k not in ("seed", "output.name", CONF_KEY)}))
 
 
 def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
@@ -232,9 +234,9 @@ def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
     if not (out / STATE_FILE).exists():
         return []
     # a key added to the schema after the folder was written has its default there
-    saved = json.loads(json.dumps(_identity(defaults()))) | _identity(
+    saved = _identity(defaults()) | _identity(
         json.loads((out / STATE_FILE).read_text())["config"])
-    mine = json.loads(json.dumps(_identity(exp.config)))  # the same JSON types as saved
+    mine = _identity(exp.config)
     differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
     if differ:
         shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine.get(k)!r} now"
