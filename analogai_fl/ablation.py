@@ -22,13 +22,15 @@ from torch import nn
 
 from . import hwa
 from .analog import drift_accuracy, n_w_sweep
-from .checks import check_client_shares, check_experiment, evaluation_device
-from .config import CONF_KEY, ConfigError, defaults, load_yaml, resolve
-from .data import Splits, load_data
+from .checks import evaluation_device, prepare
+from .config import defaults
+from .data import Splits
+from .errors import ConfigError
 from .flwr_cli import completed_run, run_config_string
+from .models import deployed_model
 from .outputs import RunFolder
-from .recovery import deployed_model
 from .reporting import drift_label, write_ablation
+from .schema import CONF_KEY
 from .settings import Experiment
 from .training import accuracy
 
@@ -87,7 +89,7 @@ def arm_run_config(name: str, arm: Arm, exp: Experiment, overrides: Mapping[str,
     if k_arm is not None:
         overrides = {key: value for key, value in overrides.items()
                      if not _noise_level_key_beyond(key, k_arm)}
-    return {"conf": exp.conf} | dict(overrides) | dict(arm.overrides) | {
+    return {CONF_KEY: exp.conf} | dict(overrides) | dict(arm.overrides) | {
         "seed": seed, "inference.platform.aihwkit.use": False,  # evaluated below, once
         "output.dir": str(out / "runs"), "output.name": f"{name}-seed{seed}",
         "output.keep_checkpoints": 1}
@@ -100,44 +102,57 @@ def _noise_level_key_beyond(key: str, k_total: int) -> bool:
             and parts[1][len("noise_"):].isdigit() and int(parts[1][len("noise_"):]) >= k_total)
 
 
-def same_run_as_msnat(exp: Experiment, overrides: Mapping[str, Any],
-                      names: Sequence[str]) -> list[str]:
-    """The arms of `names`, other than 'msnat', whose `flwr run` resolves to the same config
-    as the 'msnat' arm's (for example 'msnat_no_fl' when the config already has
-    `training.use_neg = false`): training them again would only repeat the 'msnat' run.
-    Empty when 'msnat' is not among `names`."""
-    if "msnat" not in names:
-        return []
-    table = arms(exp)
+@dataclass(frozen=True)
+class ArmRun:
+    """One (arm, seed) of an ablation, planned before any work."""
 
-    def run(name: str) -> dict[str, Any]:
-        resolved = resolve(arm_run_config(name, table[name], exp, overrides, exp.seed, Path()))
-        return {k: v for k, v in resolved.items() if k != "output.name"}
-
-    msnat = run("msnat")
-    return [n for n in names if n != "msnat" and table[n].kind == "flwr" and run(n) == msnat]
+    name: str
+    seed: int
+    arm: Arm
+    run_config: Mapping[str, Any] | None  # a flwr arm's `flwr run --run-config`; HWA: None
+    exp: Experiment  # what the arm trains with (a flwr arm: what its run resolves to)
+    base: Experiment  # the ablation's settings at this seed: every arm's evaluation
+    data: Splits  # the seed's data, which every arm of the seed shares
 
 
-def seeded(exp: Experiment, seed: int) -> Experiment:
-    return Experiment.from_config(dict(exp.config) | {"seed": seed})
-
-
-def check_arms(exp: Experiment, overrides: Mapping[str, Any], out: Path,
-               seeds: Sequence[int], names: Sequence[str]) -> None:
-    """Every check each arm's run needs, for every seed, before any training: the config
-    that arm's `flwr run` will resolve, its model, its aihwkit configs and its clients'
-    data shares (ConfigError naming the key otherwise)."""
+def plan(exp: Experiment, overrides: Mapping[str, Any], out: Path, seeds: Sequence[int],
+         names: Sequence[str]) -> list[ArmRun]:
+    """Every (arm, seed) run of the ablation in training order (seed by seed, arms in
+    `ARM_NAMES` order), each with its settings resolved once and checked by
+    `checks.prepare`: the config its `flwr run` will resolve, its model, its aihwkit
+    configs and its clients' data shares. `exp` is the ablation's settings, resolved from
+    its conf file and `overrides`. ValueError for an unknown arm name, ConfigError naming
+    the key otherwise; nothing is trained or written."""
     table = arms(exp)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(table)}")
+    runs = []
     for seed in seeds:
-        for name in names:
+        base = prepare({CONF_KEY: exp.conf} | dict(overrides) | {"seed": seed})
+        for name in sorted(names, key=list(table).index):
             arm = table[name]
-            arm_exp = Experiment.from_config(resolve(arm_run_config(
-                name, arm, exp, overrides, seed, out))) if arm.kind == "flwr" else seeded(exp, seed)
-            check_experiment(arm_exp)
-            check_client_shares(arm_exp, load_data(arm_exp.data, download=arm_exp.data.download))
+            if arm.kind == "hwa":
+                runs.append(ArmRun(name, seed, arm, None, base.exp, base.exp, base.data))
+                continue
+            run_config = arm_run_config(name, arm, exp, overrides, seed, out)
+            runs.append(ArmRun(name, seed, arm, run_config, prepare(run_config).exp,
+                               base.exp, base.data))
+    return runs
+
+
+def same_run_as_msnat(runs: Sequence[ArmRun]) -> list[str]:
+    """The arms of `runs`, other than 'msnat', whose `flwr run` resolves to the same config
+    as the 'msnat' arm's of the same seed (for example 'msnat_no_fl' when the config already
+    has `training.use_neg = false`): training them would only repeat the 'msnat' run. Empty
+    when 'msnat' is not planned."""
+    def identity(run: ArmRun) -> dict[str, Any]:
+        return {k: v for k, v in run.exp.config.items() if k != "output.name"}
+
+    msnat = {r.seed: identity(r) for r in runs if r.name == "msnat"}
+    repeats = {r.name for r in runs if r.name != "msnat" and r.arm.kind == "flwr"
+               and r.seed in msnat and identity(r) == msnat[r.seed]}
+    return [n for n in dict.fromkeys(r.name for r in runs) if n in repeats]
 
 
 def _unfinished_run(name: str, seed: int, out: Path) -> Path | None:
@@ -150,38 +165,37 @@ def _unfinished_run(name: str, seed: int, out: Path) -> Path | None:
     return None
 
 
-def train_flwr_arm(name: str, arm: Arm, exp: Experiment, overrides: Mapping[str, Any],
-                   seed: int, out: Path, env: Mapping[str, str] | None) -> Trained:
-    """One `flwr run` with the arm's overrides; returns its final model (with FI off, the
+def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None) -> Trained:
+    """One `flwr run` of the planned run config; returns its final model (with FI off, the
     one of the K with the best validation accuracy, as the server's evaluator selects).
     An interrupted run of this arm and seed in `out` is continued from its last checkpoint
     (`output.resume`), which gives the same model as an uninterrupted run."""
-    run_config = arm_run_config(name, arm, exp, overrides, seed, out)
-    unfinished = _unfinished_run(name, seed, out)
+    run_config = dict(run.run_config or {})
+    unfinished = _unfinished_run(run.name, run.seed, out)
     if unfinished is not None:
         run_config["output.resume"] = str(unfinished)
     started = time.time()
     completed_run(run_config_string(run_config), env)
     wall = time.time() - started
     (folder,) = [unfinished] if unfinished else sorted(
-        (out / "runs").glob(f"{name}-seed{seed}-*"))[-1:]
-    run = RunFolder.open(folder)
-    run_exp = Experiment.from_config(defaults() | load_yaml(folder / "config.yaml"))
-    _, states = run.last_checkpoint(run_exp.clients, run_exp.fused)
-    data = load_data(run_exp.data)
-    models = [deployed_model(run_exp, data, state) for state in states]
+        (out / "runs").glob(f"{run.name}-seed{run.seed}-*"))[-1:]
+    run_folder, exp, data = RunFolder.open(folder), run.exp, run.data
+    _, states = run_folder.last_checkpoint(exp.clients, exp.fused)
+    models = [deployed_model(exp.model, data.shape, state, exp.training.weight_bits)
+              for state in states]
     best = max(range(len(models)), key=lambda k: accuracy(models[k], data.val))
-    passes = sum(c["sample_passes"] for c in run.client_replies())
-    epochs = run_exp.rounds * run_exp.local_epochs
-    note = (f"best of K={run_exp.clients} by validation: sigma "
-            f"{run_exp.noise_levels[best]:g}") if not run_exp.fused else ""
-    return Trained(models[best], passes, wall, epochs, note)
+    passes = sum(c["sample_passes"] for c in run_folder.client_replies())
+    note = (f"best of K={exp.clients} by validation: sigma "
+            f"{exp.noise_levels[best]:g}") if not exp.fused else ""
+    return Trained(models[best], passes, wall, exp.rounds * exp.local_epochs, note)
 
 
-def train_hwa_arm(name: str, exp: Experiment, data: Splits, msnat_passes: int | None
-                  ) -> Trained:
+def train_hwa_arm(run: ArmRun, msnat_passes: int | None) -> Trained:
+    """aihwkit's HWA for the arm's epochs: the experiment's rounds x local epochs, or for
+    'hwa_compute' as many epochs as the seed's 'msnat' arm spent sample passes."""
+    exp, data = run.exp, run.data
     epochs = exp.rounds * exp.local_epochs
-    if name == "hwa_compute":
+    if run.name == "hwa_compute":
         if msnat_passes is None:
             raise ValueError("arm 'hwa_compute' needs the 'msnat' arm (its training cost)")
         epochs = max(1, round(msnat_passes / len(data.train)))
@@ -261,52 +275,49 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
     (arm, seed) and writes results.csv, results.md and the plots into `out` (rewritten after
     every arm, so a crash keeps what was finished).
 
-    Run again with the same `out` and settings (more seeds or arms allowed), it continues:
-    finished (arm, seed) rows are kept from `out/rows.jsonl`, an interrupted `flwr run` is
-    resumed from its last checkpoint, an interrupted HWA arm is trained again; the tables
-    and plots are then rendered from every row of `out/rows.jsonl`. An arm whose run would
-    be the 'msnat' run itself (`same_run_as_msnat`) is not trained. ConfigError
-    (before any work) when `out` holds an ablation of other settings."""
-    check_arms(exp, overrides, out, seeds, names)
-    repeats = same_run_as_msnat(exp, overrides, names)
+    Every run is planned and checked first (`plan`), before any work. Run again with the
+    same `out` and settings (more seeds or arms allowed), it continues: finished (arm, seed)
+    rows are kept from `out/rows.jsonl`, an interrupted `flwr run` is resumed from its last
+    checkpoint, an interrupted HWA arm is trained again; the tables and plots are rendered
+    from the folder's rows and the new ones. An arm whose run would be the 'msnat' run
+    itself (`same_run_as_msnat`) is not trained. ConfigError (before any work) when `out`
+    holds an ablation of other settings."""
+    runs = plan(exp, overrides, out, seeds, names)
+    repeats = same_run_as_msnat(runs)
     if repeats:
         progress(f"not trained: {', '.join(repeats)} (the same run as 'msnat' with these "
                  "settings)")
-        names = [n for n in names if n not in repeats]
+        runs = [r for r in runs if r.name not in repeats]
     rows = finished_rows(exp, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / STATE_FILE).write_text(json.dumps({"config": _identity(exp.config)}, indent=1))
-    done = {(r["arm"], r["seed"]): r for r in rows}
+    done = {(r["arm"], r["seed"]) for r in rows}
     if done:
         progress(f"continuing {out}: {len(done)} (arm, seed) result(s) kept")
-    table = arms(exp)
-    for seed in seeds:
-        this = seeded(exp, seed)
-        data = load_data(this.data, download=this.data.download)
-        msnat_passes = done[("msnat", seed)]["sample_passes"] if ("msnat", seed) in done \
-            else None
-        for name in sorted(names, key=list(table).index):
-            arm = table[name]
-            if (name, seed) in done:
-                continue
-            progress(f"[seed {seed}] training {arm.label} ...")
-            if arm.kind == "flwr":
-                trained = train_flwr_arm(name, arm, this, overrides, seed, out, env)
-                if name == "msnat":
-                    msnat_passes = trained.sample_passes
-            else:
-                trained = train_hwa_arm(name, this, data, msnat_passes)
-            progress(f"[seed {seed}] evaluating {arm.label} ...")
-            metrics = evaluate(trained.model, data, this)
-            row = {"arm": name, "method": arm.label, "seed": seed,
-                   "epochs": trained.epochs, "sample_passes": trained.sample_passes,
-                   "wall_seconds": round(trained.wall_seconds, 1), "note": trained.note,
-                   **metrics}
-            rows.append(row)
-            with open(out / ROWS_FILE, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            write_ablation(rows, this.n_w_columns, out)
-    in_folder = finished_rows(exp, out)  # with rows another process may have added
-    if in_folder and (len(in_folder) != len(rows) or len(rows) == len(done)):
-        write_ablation(in_folder, exp.n_w_columns, out)  # else the loop's last one stands
-    return in_folder
+    msnat_passes = {r["seed"]: r["sample_passes"] for r in rows if r["arm"] == "msnat"}
+    rendered = False
+    for run in runs:
+        if (run.name, run.seed) in done:
+            continue
+        label = run.arm.label
+        progress(f"[seed {run.seed}] training {label} ...")
+        if run.arm.kind == "flwr":
+            trained = train_flwr_arm(run, out, env)
+            if run.name == "msnat":
+                msnat_passes[run.seed] = trained.sample_passes
+        else:
+            trained = train_hwa_arm(run, msnat_passes.get(run.seed))
+        progress(f"[seed {run.seed}] evaluating {label} ...")
+        metrics = evaluate(trained.model, run.data, run.base)
+        row = {"arm": run.name, "method": label, "seed": run.seed,
+               "epochs": trained.epochs, "sample_passes": trained.sample_passes,
+               "wall_seconds": round(trained.wall_seconds, 1), "note": trained.note,
+               **metrics}
+        rows.append(row)
+        with open(out / ROWS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        write_ablation(rows, exp.n_w_columns, out)
+        rendered = True
+    if rows and not rendered:  # nothing left to train: render what the folder holds
+        write_ablation(rows, exp.n_w_columns, out)
+    return rows

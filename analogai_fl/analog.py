@@ -28,7 +28,6 @@ Tiles (`inference.tile`):
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -51,6 +50,7 @@ from .noise import NOISY_LAYERS
 from .reporting import drift_label
 from .schema import RERAM_DRIFT_TIMES
 from .settings import Protocol
+from .streams import seed_for
 from .tiles import (
     CONVERSION_MAP,
     TILES,
@@ -214,11 +214,6 @@ def _summary(runs: Mapping[float, list[float]]) -> dict[str, dict[str, float]]:
             for t, v in runs.items()}
 
 
-def _stream_seed(*parts: int) -> int:
-    """A seed for one stream of noise draws, distinct for each tuple of parts."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
-
-
 @torch.no_grad()
 def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
                    drift_times: Sequence[float], repeats: int, seed: int,
@@ -232,11 +227,12 @@ def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
     The model is converted once. Each repeat draws fresh programming noise
     (`drift_analog_weights` alone would reuse the first programming), then drifts to every
     time from that same programmed state. Noise is drawn from torch's RNG (forked: the
-    caller's stays untouched), seeded from (`seed`, repeat) before programming and from
-    (`seed`, repeat, drift time) before each drift, so the programmed and drifted weights
-    depend only on those, not on what the forward passes drew (n_w, output noise): every
-    n_w of a sweep and both tiles see the same device draws. The C++ tile's per-read output
-    and weight noise comes from its own generator, which aihwkit 1.1.0 cannot seed.
+    caller's stays untouched), each stream its own (`streams.seed_for`): "programming" of
+    (`seed`, repeat) before programming, "drift" of (`seed`, repeat, drift-time index)
+    before each drift, "read" before the forward passes, so the programmed and drifted
+    weights depend only on those, not on what the forward passes drew (n_w, output noise):
+    every n_w of a sweep and both tiles see the same device draws. The C++ tile's per-read
+    output and weight noise comes from its own generator, which aihwkit 1.1.0 cannot seed.
 
     With `one_pass` (and the torch tile) the repeats x drift times states are measured in
     one pass over `data` (`tiles.weight_sets`): the same device draws and the same
@@ -252,16 +248,18 @@ def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
     states: list[TileState] = []
     with torch.random.fork_rng(devices=cuda_indices(device)):
         for repeat in range(repeats):
-            torch.manual_seed(_stream_seed(seed, repeat))
+            torch.manual_seed(seed_for(seed, "programming", repeat))
             analog.program_analog_weights()
             for i, t in enumerate(drift_times):
-                torch.manual_seed(_stream_seed(seed, repeat, i))
+                torch.manual_seed(seed_for(seed, "drift", repeat, i))
                 analog.drift_analog_weights(t)
                 if together:
                     states.append(tile_state(analog))
                 else:
+                    torch.manual_seed(seed_for(seed, "read", repeat, i))
                     runs[t].append(analog_accuracy(analog, data, batch_size))
         if together:
+            torch.manual_seed(seed_for(seed, "read"))
             measured = iter(weight_set_accuracy(analog, states, data, batch_size))
             for _ in range(repeats):
                 for t in drift_times:

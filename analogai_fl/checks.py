@@ -1,7 +1,9 @@
 """Checks every command runs before any training or evaluation: those that need more than the
-config's own keys (`config.resolve` checks each key's range, `settings.Experiment` the
-cross-key rules).
+config's own keys (`config.resolve` checks each key's range, `settings.load` the cross-key
+rules), and `prepare`, the one sequence every entry point starts with.
 
+    prepare(run_config)          settings.load, check_experiment, the data (downloaded where
+                                 `data.download` allows), check_client_shares
     check_experiment(exp)        the model builds and runs at the data set's image shape;
                                  BatchNorm models get training batches of at least 2; every
                                  aihwkit RPU config (each evaluation protocol, the HWA
@@ -10,67 +12,35 @@ cross-key rules).
                                  be trained on
 
 `flwr run` (the ServerApp), `analogai-fl check`, `infer`, `ablate` and the benchmarks call
-these, so one mistake gives the same one-line `ConfigError` everywhere, before a run folder
-is created or a client is started.
+`prepare` (or these checks), so one mistake gives the same one-line `ConfigError`
+everywhere, before a run folder is created or a client is started.
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
 
-from .config import ConfigError
-from .data import Splits, data_shape
-from .models import build_model
+from . import models
+from .data import DataNotFoundError, Splits, data_shape, load_data
+from .errors import ConfigError
+from .models import ModelFacts
 from .partitions import describe_partition
-from .settings import Experiment
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def configured_model(exp: Experiment) -> nn.Module:
-    """A fresh `model.name` for `data.name`'s shape at `data.image_size` (ConfigError, naming
-    both keys, where the model cannot take that size); the caller's RNG is left alone."""
-    return _model_at(exp.model, exp.data.name, exp.data.image_size)
-
-
-def _model_at(name: str, data_name: str, size: int) -> nn.Module:
-    channels, classes = data_shape(data_name)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model = build_model(name, channels, classes, size)
-            with torch.no_grad():
-                model.eval()(torch.zeros(2, channels, size, size))
-    except (ValueError, RuntimeError) as err:
-        raise ConfigError(f"keys 'model.name'={name!r} and 'data.image_size'={size} do "
-                          f"not fit together: {str(err).splitlines()[0]}") from None
-    return model
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the checks and the strategies need to know of the configured model."""
-
-    batchnorm: bool
-    buffer_names: frozenset[str]  # state_dict keys that are not trainable parameters
-
-
-@functools.lru_cache(maxsize=8)
-def _model_facts(name: str, data_name: str, size: int) -> ModelFacts:
-    built = _model_at(name, data_name, size)
-    return ModelFacts(has_batchnorm(built), frozenset(n for n, _ in built.named_buffers()))
+from .settings import Experiment, load
 
 
 def model_facts(exp: Experiment) -> ModelFacts:
-    """`ModelFacts` of `configured_model(exp)`, which is built (and run once) only once per
-    model, data set and image size in a process: the ServerApp's checks and its strategy
-    share it."""
-    return _model_facts(exp.model, exp.data.name, exp.data.image_size)
+    """`models.model_facts` of the configured model (`model.name` for `data.name`'s shape at
+    `data.image_size`); ConfigError naming both keys where the model cannot take that size."""
+    try:
+        return models.model_facts(exp.model, data_shape(exp.data))
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError(f"keys 'model.name'={exp.model!r} and 'data.image_size'="
+                          f"{exp.data.image_size} do not fit together: "
+                          f"{str(err).splitlines()[0]}") from None
 
 
 def min_examples_per_batch(exp: Experiment) -> int:
@@ -120,3 +90,33 @@ def check_client_shares(exp: Experiment, splits: Splits) -> None:
             f"{len(splits.train)} (data.max_train_examples={exp.data.max_train_examples}) "
             f"for {exp.clients} clients (training.client_num_in_total): use more data, fewer "
             "clients or data.partition='full'")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run's checked settings and its data."""
+
+    exp: Experiment
+    data: Splits | None  # None only where `prepare` allowed missing data
+
+
+def prepare(run_config: Mapping[str, Any], *, download: bool = True, training: bool = True,
+            missing_data_ok: bool = False) -> Prepared:
+    """What every entry point does before any work: the settings (`settings.load`), every
+    check of `check_experiment`, the data set, and with `training` the clients' shares of it
+    (`check_client_shares`). With `download`, a missing torchvision set is fetched first
+    where `data.download` is on (the ServerApp, once, before any client starts). With
+    `missing_data_ok`, a set that is missing but would be downloaded (`data.download`)
+    gives `data=None` instead of an error (`analogai-fl check`, which downloads nothing).
+    Raises ConfigError (or `data.DataNotFoundError`) naming the key, file or folder."""
+    exp = load(run_config)
+    check_experiment(exp)
+    try:
+        data = load_data(exp.data, download=download and exp.data.download)
+    except DataNotFoundError:
+        if missing_data_ok and exp.data.download:
+            return Prepared(exp, None)
+        raise
+    if training:
+        check_client_shares(exp, data)
+    return Prepared(exp, data)

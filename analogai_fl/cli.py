@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checks import check_client_shares, check_experiment, evaluation_device
-from .config import CONF_KEY, ConfigError, parse_run_config, resolve
+from .checks import evaluation_device, prepare
+from .config import parse_run_config
+from .errors import ConfigError
 from .outputs import CHECKPOINT
-from .settings import Experiment
+from .schema import CONF_KEY
+from .settings import Experiment, load
 from .training import TrainingDiverged
 
 
@@ -75,7 +77,8 @@ def find_checkpoints(path: Path, model_index: int | None) -> list[Checkpoint]:
 
 
 def infer_config(checkpoint: Path, conf: str | None, run_config: str) -> dict[str, Any]:
-    """The run's saved config (two levels above the checkpoint) or `conf`, plus overrides."""
+    """The run config of `infer`: the run's saved config (two levels above the checkpoint)
+    or `conf` as the conf file, plus the `--run-config` overrides."""
     if conf is not None:
         conf_path = Path(conf).expanduser()
         if not conf_path.is_file():
@@ -85,15 +88,14 @@ def infer_config(checkpoint: Path, conf: str | None, run_config: str) -> dict[st
         if not conf_path.is_file():
             raise CliError(f"no config for '{checkpoint}': expected the run folder's "
                            f"config.yaml at '{conf_path}'; pass --conf FILE")
-    return resolve({CONF_KEY: str(conf_path.resolve()), **parse_run_config(run_config)})
+    return {CONF_KEY: str(conf_path.resolve()), **parse_run_config(run_config)}
 
 
 def load_model(checkpoint: Path, exp: Experiment, data) -> Any:
     """The configured model with the checkpoint's weights, as deployed onto the chip."""
     import torch
 
-    from .models import build_model
-    from .recovery import deployed_model
+    from .models import deployed_model, model_for
 
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -105,8 +107,7 @@ def load_model(checkpoint: Path, exp: Experiment, data) -> Any:
                                                  for v in state.values()):
         raise CliError(f"'{checkpoint}' is not a checkpoint: expected a state_dict (names to "
                        f"tensors), got {type(state).__name__}")
-    expected = build_model(exp.model, data.in_channels, data.num_classes,
-                           data.image_size).state_dict()
+    expected = model_for(exp.model, data.shape).state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
@@ -118,7 +119,7 @@ def load_model(checkpoint: Path, exp: Experiment, data) -> Any:
         raise CliError(f"'{checkpoint}' does not match the configured model '{exp.model}' "
                        f"({data.in_channels} channel(s), {data.image_size}x{data.image_size}, "
                        f"{data.num_classes} classes; {exp.data.name}): {'; '.join(problems)}")
-    return deployed_model(exp, data, state)
+    return deployed_model(exp.model, data.shape, state, exp.training.weight_bits)
 
 
 def evaluate_checkpoint(checkpoint: Checkpoint, exp: Experiment, data, sweep: bool
@@ -149,15 +150,14 @@ def evaluate_checkpoint(checkpoint: Checkpoint, exp: Experiment, data, sweep: bo
 def run_infer(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .data import load_data
     from .reporting import infer_tables, write_infer
 
     console = Console(width=160, markup=False, highlight=False)
     given = Path(args.checkpoint).expanduser()
     checkpoints = find_checkpoints(given, args.model_index)
-    exp = Experiment.from_config(infer_config(checkpoints[0].path, args.conf, args.run_config))
-    check_experiment(exp)  # every check before any evaluation
-    data = load_data(exp.data, download=exp.data.download)
+    prepared = prepare(infer_config(checkpoints[0].path, args.conf, args.run_config),
+                       training=False)  # every check before any evaluation
+    exp, data = prepared.exp, prepared.data
     results = [evaluate_checkpoint(c, exp, data, sweep=not args.no_sweep) for c in checkpoints]
     out = Path(args.out).expanduser() if args.out else (
         given.resolve().parent.parent / "infer" / given.stem)
@@ -214,7 +214,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     console = Console(width=160, markup=False, highlight=False)
     overrides = parse_run_config(args.run_config)
     conf = {CONF_KEY: str(Path(args.conf).expanduser().resolve())} if args.conf else {}
-    exp = Experiment.from_config(resolve(conf | overrides))
+    exp = load(conf | overrides)
     names = [a.strip() for a in args.arms.split(",")] if args.arms else list(ablation.ARM_NAMES)
     unknown = [n for n in names if n not in ablation.ARM_NAMES]
     if unknown:
@@ -266,23 +266,16 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
 # --- check ----------------------------------------------------------------------------------
 
 def run_check(args: argparse.Namespace) -> int:
-    from .config import DEFAULT_CONF, defaults
-    from .data import DataNotFoundError, load_data
+    from .config import defaults
     from .reporting import drift_label
+    from .schema import DEFAULT_CONF
 
     overrides = parse_run_config(args.run_config)
     conf = str(Path(args.conf).expanduser().resolve()) if args.conf else DEFAULT_CONF
-    cfg = resolve({CONF_KEY: conf} | overrides)  # what the ServerApp resolves
-    exp = Experiment.from_config(cfg)
-    check_experiment(exp)
-    try:
-        data = load_data(exp.data)
-    except DataNotFoundError:
-        if not exp.data.download:
-            raise
-        data = None
-    if data is not None:
-        check_client_shares(exp, data)
+    # what the ServerApp prepares, without downloading a data set
+    prepared = prepare({CONF_KEY: conf} | overrides, download=False, missing_data_ok=True)
+    exp, data = prepared.exp, prepared.data
+    cfg = exp.config
     default = defaults()
     changed = [f"{k}={v!r}" for k, v in cfg.items()
                if k in default and v != default[k] and k != "output.name"]

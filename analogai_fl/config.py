@@ -9,8 +9,8 @@ Flower only accepts overrides for keys declared in pyproject's ``[tool.flwr.app.
 and fuses them into those declared values before the app sees them. So pyproject declares
 every key with the value ``""`` ("not given on the command line"); anything else there is
 an override (`generate` writes the declarations). `resolve` returns the flat, dotted dict
-(the format of config.yaml and of the train message) after the cross-key rules of
-`settings.Experiment.from_config` accepted it.
+(the format of config.yaml and of the train message), each key checked on its own; the
+cross-key rules run where the typed settings are built, `settings.load`.
 """
 
 from __future__ import annotations
@@ -23,16 +23,10 @@ from typing import Any
 
 import yaml
 
-from .schema import ALIASES, SCHEMA
+from .errors import ConfigError
+from .schema import ALIASES, CONF_KEY, DEFAULT_CONF, SCHEMA, UNSET
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-CONF_KEY = "conf"
-DEFAULT_CONF = "conf/default.yaml"
-UNSET = ""
-
-
-class ConfigError(ValueError):
-    """Bad configuration: the message names the key (and file) and what was expected."""
 
 
 def defaults() -> dict[str, Any]:
@@ -148,15 +142,23 @@ def _find_conf(name: str) -> Path:
                       f"{Path.cwd()}); pass a path relative to the project or an absolute one")
 
 
-def resolve(run_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Effective config of a run.
-
-    `run_config` is Flower's fused run config (pyproject values, `""` = not overridden).
-    With `output.resume` set, the resumed run's saved config replaces the conf file.
-    """
+def command_line_overrides(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys `run_config` sets (canonical names, checked values), without the conf file's
+    name and the keys left at `UNSET`. ConfigError naming an unknown key or a bad value."""
     overrides = {_canonical(k, "--run-config"): v for k, v in run_config.items()
                  if k != CONF_KEY and v != UNSET}
-    overrides = {k: _coerce(k, v, "--run-config") for k, v in overrides.items()}
+    return {k: _coerce(k, v, "--run-config") for k, v in overrides.items()}
+
+
+def resolve(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Effective config of a run: the flat dict of every schema key and `CONF_KEY` (the conf
+    file's path), each value type- and range-checked (ConfigError naming the key and file).
+
+    `run_config` is Flower's fused run config (pyproject values, `""` = not overridden).
+    With `output.resume` set, the resumed run's saved config replaces the conf file. The
+    cross-key rules are not checked here: `settings.load` builds and checks the settings.
+    """
+    overrides = command_line_overrides(run_config)
     if overrides.get("output.resume"):
         conf_path = Path(overrides["output.resume"]).expanduser() / "config.yaml"
     else:
@@ -164,9 +166,6 @@ def resolve(run_config: Mapping[str, Any]) -> dict[str, Any]:
     from_file = load_yaml(conf_path)
     cfg = defaults() | from_file | overrides
     cfg[CONF_KEY] = str(conf_path)
-    from .settings import Experiment
-
-    Experiment.from_config(cfg, set(overrides))  # the cross-key rules
     return cfg
 
 

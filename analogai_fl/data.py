@@ -54,7 +54,8 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, TensorDataset
 
 from . import idx
-from .config import ConfigError
+from .errors import ConfigError
+from .models import DataShape
 from .settings import DataSettings
 
 
@@ -74,6 +75,10 @@ class Splits:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    @property
+    def shape(self) -> DataShape:
+        return DataShape(self.in_channels, self.num_classes, self.image_size)
 
 
 class DataNotFoundError(ConfigError):
@@ -231,11 +236,12 @@ TORCHVISION_SETS: dict[str, _TorchvisionSet] = {
 }
 
 
-def data_shape(name: str) -> tuple[int, int]:
-    """(channels, classes) of data set `name`, known without reading it."""
-    if name == "digits":
-        return 1, 10
-    return TORCHVISION_SETS[name].channels, TORCHVISION_SETS[name].num_classes
+def data_shape(data: DataSettings) -> DataShape:
+    """The shape of `data.name`'s images at `data.image_size`, known without reading them."""
+    if data.name == "digits":
+        return DataShape(1, 10, data.image_size)
+    spec = TORCHVISION_SETS[data.name]
+    return DataShape(spec.channels, spec.num_classes, data.image_size)
 
 
 def _how_to_get(name: str, spec: _TorchvisionSet, root: Path) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from .config import CONF_KEY, DEFAULT_CONF, PROJECT_DIR, UNSET
-from .schema import ALIASES, SCHEMA
+from .config import PROJECT_DIR
+from .schema import ALIASES, CONF_KEY, DEFAULT_CONF, SCHEMA, UNSET
 
 
 def markdown_table() -> str:

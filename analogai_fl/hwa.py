@@ -48,8 +48,9 @@ from torch import nn
 
 from .analog import convert_every_layer, converter_resolution, cuda_indices
 from .data import Splits
-from .models import build_model, merge_grouped_convs, split_grouped_convs
+from .models import merge_grouped_convs, model_for, split_grouped_convs
 from .settings import HWASettings
+from .streams import seed_for
 from .training import check_finite, training_loader
 
 
@@ -122,23 +123,25 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
                  device: torch.device | str = "cpu",
                  on_epoch: Callable[[int, nn.Module], None] | None = None
                  ) -> tuple[nn.Module, dict[str, Any]]:
-    """HWA training of a fresh `build_model` (init seeded with `seed`); returns the ANALOG
-    model (train mode left on) and the training statistics. `on_epoch(epoch, analog)` is
-    called after each epoch (1-based; e.g. a validation curve), outside the seeded RNG."""
+    """HWA training of a fresh `build_model` (init, batch order and the torch tile's noise
+    from `streams.seed_for(seed, ...)`: the same initial model as the flwr arms of the same
+    seed); returns the ANALOG model (train mode left on) and the training statistics.
+    `on_epoch(epoch, analog)` is called after each epoch (1-based; e.g. a validation
+    curve), outside the seeded RNG."""
     if epochs < 1:
         raise ValueError(f"HWA training needs at least one epoch, got {epochs}")
     start, cpu_start = time.perf_counter(), time.process_time()
     device = torch.device(device)
     cuda = cuda_indices(device)
     with torch.random.fork_rng(devices=cuda):  # seeded draws, caller's RNG untouched
-        torch.manual_seed(seed)
-        model = build_model(model_name, data.in_channels, data.num_classes,
-                            data.image_size)
+        torch.manual_seed(seed_for(seed, "init"))  # the flwr arms' initial model too
+        model = model_for(model_name, data.shape)
         analog = to_analog_trainable(model, hwa, device)
+        torch.manual_seed(seed_for(seed, "hwa-noise"))  # the torch tile's training noise
         optimizer = AnalogSGD(analog.parameters(), lr=hwa.lr,
                               momentum=hwa.momentum)
         optimizer.regroup_param_groups(analog)
-        loader = training_loader(data.train, hwa.batch_size, seed)
+        loader = training_loader(data.train, hwa.batch_size, seed_for(seed, "shuffle"))
         analog.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for epoch in range(epochs):
@@ -189,8 +192,7 @@ def train_hwa(model_name: str, hwa: HWASettings, data: Splits, epochs: int, seed
     start, cpu_start = time.perf_counter(), time.process_time()
     analog, stats = train_analog(model_name, hwa, data, epochs, seed, device)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
-        template = build_model(model_name, data.in_channels, data.num_classes,
-                               data.image_size)
+        template = model_for(model_name, data.shape)
     digital = merge_grouped_convs(to_digital(analog, split_grouped_convs(template))).eval()
     stats["wall_s"] = time.perf_counter() - start
     stats["cpu_s"] = time.process_time() - cpu_start

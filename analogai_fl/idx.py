@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 
 SPLITS = {True: "train", False: "t10k"}
 UNSIGNED_BYTE = 0x08

@@ -2,7 +2,10 @@
 
 aihwkit's `convert_to_analog` matches layers by exact class: subclasses, parametrized layers
 or functional convolutions would silently stay digital. Every builder has the signature
-`(in_channels, num_classes, image_size) -> nn.Module` and returns logits.
+`(in_channels, num_classes, image_size) -> nn.Module` and returns logits; `model_for(name,
+shape)` builds one for a data set's `DataShape`, `deployed_model` the same holding trained
+weights as they go onto the chip, and `model_facts` says what the checks and the strategies
+need to know of a configured model (BatchNorm, buffer names).
 
 ResNet-18 and MobileNetV2 are torchvision's own definitions (imported, not copied), adapted to
 small images; VGG-8 has no torchvision definition and is built here.
@@ -24,9 +27,15 @@ it on CPU costs far more than ResNet-18.
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .noise import NOISY_LAYERS
+from .quantization import quantize_per_channel
 
 PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -149,7 +158,74 @@ MODELS = {"lenet": lenet, "mlp": mlp, "vgg8": vgg8, "resnet18": resnet18,
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """A fresh `MODELS[name]` (initialised from torch's global generator); ValueError when
+    the model cannot take `image_size`."""
     return MODELS[name](in_channels, num_classes, image_size)
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a model must know of its data set: channels per image, number of classes and
+    pixels per image side (`data.data_shape` gives it for the settings, `Splits.shape` for
+    loaded data)."""
+
+    in_channels: int
+    num_classes: int
+    image_size: int
+
+
+def model_for(name: str, shape: DataShape) -> nn.Module:
+    """A fresh `name` model for images of `shape`."""
+    return build_model(name, shape.in_channels, shape.num_classes, shape.image_size)
+
+
+@torch.no_grad()
+def quantize_weights_(model: nn.Module, bits: int) -> nn.Module:
+    """Write the per-channel quantised weights (`quantization.quantize_per_channel`) into
+    every Conv/Linear layer of `model`: what a QAT model is deployed (and evaluated) as."""
+    for module in model.modules():
+        if isinstance(module, NOISY_LAYERS):
+            module.weight.copy_(quantize_per_channel(module.weight, bits))
+    return model
+
+
+def deployed_model(name: str, shape: DataShape, state: Mapping[str, torch.Tensor],
+                   weight_bits: int = 0) -> nn.Module:
+    """The `name` model for `shape` holding `state`, as it goes onto the chip: with QAT
+    (`weight_bits` > 0, `recovery.qat.weight_bits`) its weights quantised per output
+    channel; in eval mode on the CPU. Raises RuntimeError (torch's `load_state_dict`) when
+    `state` does not fit the model. The caller's random generator is left alone."""
+    with torch.random.fork_rng(devices=[]):
+        model = model_for(name, shape)
+    model.load_state_dict(state)
+    if weight_bits:
+        quantize_weights_(model, weight_bits)
+    return model.eval()
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the checks and the strategies need to know of a configured model."""
+
+    batchnorm: bool
+    buffer_names: frozenset[str]  # state_dict keys that are not trainable parameters
+
+
+@functools.lru_cache(maxsize=8)
+def model_facts(name: str, shape: DataShape) -> ModelFacts:
+    """`ModelFacts` of the `name` model for `shape`, built and run once on two blank images
+    (once per process and model: the ServerApp's checks and its strategy share it). Raises
+    ValueError or RuntimeError (torch's) when the model cannot take the shape; the caller's
+    random generator is left alone."""
+    with torch.random.fork_rng(devices=[]):
+        model = model_for(name, shape)
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, shape.in_channels, shape.image_size, shape.image_size))
+    return ModelFacts(has_batchnorm(model), frozenset(n for n, _ in model.named_buffers()))
 
 
 class GroupedConv(nn.Module):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 from .settings import OutputSettings
 
 CHECKPOINT = re.compile(r"round_(\d+)(?:_noise_(\d+))?\.pt")

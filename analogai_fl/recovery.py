@@ -1,24 +1,20 @@
 """Recovery options that compose with the multi-noise training: sharpness-aware minimisation
 (SAM / adaptive SAM), FGSM / PGD adversarial training, activation noise and the input side of
-quantisation-aware training (the weight side lives in `noise.noisy_forward`)."""
+quantisation-aware training (the weight side lives in `noise.noisy_forward` while training
+and in `models.deployed_model` on the chip)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .noise import NOISY_LAYERS
-from .quantization import quantize_dynamic, quantize_per_channel
-
-if TYPE_CHECKING:
-    from .data import Splits
-    from .settings import Experiment
+from .quantization import quantize_dynamic
 
 
 @dataclass(frozen=True)
@@ -122,33 +118,3 @@ def activation_effects(model: nn.Module, noise_sigma: float = 0.0, input_bits: i
     finally:
         for handle in handles:
             handle.remove()
-
-
-@torch.no_grad()
-def quantize_weights_(model: nn.Module, bits: int) -> nn.Module:
-    """Write the per-channel quantised weights into the model: what a QAT model is deployed
-    (and evaluated) as."""
-    for module in model.modules():
-        if isinstance(module, NOISY_LAYERS):
-            module.weight.copy_(quantize_per_channel(module.weight, bits))
-    return model
-
-
-def deployed(model: nn.Module, weight_bits: int) -> nn.Module:
-    """The model as it goes onto the chip: with QAT (`weight_bits` > 0) its weights
-    quantised per output channel, in place."""
-    if weight_bits:
-        quantize_weights_(model, weight_bits)
-    return model
-
-
-def deployed_model(exp: Experiment, splits: Splits, state: Mapping[str, torch.Tensor]
-                   ) -> nn.Module:
-    """The configured model for `splits`' shape holding `state`, as deployed onto the chip
-    (quantised weights with QAT), in eval mode on the CPU. Raises RuntimeError (torch's
-    `load_state_dict`) when `state` does not fit the model."""
-    from .models import build_model
-
-    model = build_model(exp.model, splits.in_channels, splits.num_classes, splits.image_size)
-    model.load_state_dict(state)
-    return deployed(model, exp.training.weight_bits).eval()

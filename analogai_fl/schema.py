@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+CONF_KEY = "conf"  # the run-config key naming the conf YAML file (not a schema key)
+DEFAULT_CONF = "conf/default.yaml"
+UNSET = ""  # pyproject's declared value of every key: "not given on the command line"
 MAX_NOISE_LEVELS = 10
 DEVICES = ("PCM", "ReRAM", "ideal")
 PROTOCOLS = ("realistic", "seed")
@@ -19,7 +22,7 @@ DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 MODEL_NAMES = ("lenet", "mlp", "vgg8", "resnet18", "mobilenetv2")
 STRATEGY_NAMES = ("msnat", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 # ReRamWan2022NoiseModel's measured times (s): the keys of its `coeff_dic` in aihwkit 1.1.0
-# (tests/test_infer.py checks this against the installed aihwkit).
+# (tests/test_analog.py checks this against the installed aihwkit).
 RERAM_DRIFT_TIMES = (1.0, 86400.0, 172800.0)
 
 

@@ -18,15 +18,16 @@ from strategies import RoundFailed, build_strategy
 from strategies.retry import RetryingGrid
 
 from .analog import drift_accuracy
-from .checks import check_client_shares, check_experiment, evaluation_device
-from .config import ConfigError, dump_yaml, resolve
-from .data import Splits, load_data
-from .models import build_model
+from .checks import evaluation_device, prepare
+from .config import dump_yaml
+from .data import Splits
+from .errors import ConfigError
+from .models import deployed_model, model_for
 from .outputs import RunFolder
 from .partitions import describe_partition
-from .recovery import deployed_model
 from .reporting import entry_text, final_table, percent
 from .settings import Experiment
+from .streams import seed_for
 from .training import accuracy
 from .wire import CONFIG_KEY, join_models, split_models
 
@@ -86,14 +87,16 @@ class Evaluator:
 
     def evaluate_model(self, state: Mapping[str, torch.Tensor], r: int) -> dict[str, Any]:
         evaluation, data = self.exp.evaluation, self.data
-        model = deployed_model(self.exp, data, state)  # quantised weights with QAT
+        model = deployed_model(self.exp.model, data.shape, state,  # quantised with QAT
+                               self.exp.training.weight_bits)
         batch = evaluation.batch_size
         result: dict[str, Any] = {"clean_acc": accuracy(model, data.test, batch),
                                   "val_acc": accuracy(model, data.val, batch)}
         if evaluation.use:  # "pcm": the field name of earlier runs, whatever the device
             result["pcm"] = drift_accuracy(model, data.test, evaluation.protocol,
                                            evaluation.drift_times, evaluation.repeats,
-                                           seed=self.exp.seed + r, batch_size=batch,
+                                           seed=seed_for(self.exp.seed, "evaluation", r),
+                                           batch_size=batch,
                                            device=self.device, one_pass=evaluation.one_pass)
         return result
 
@@ -109,12 +112,9 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_experiment(grid: Grid, context: Context) -> None:
     started = time.time()
-    cfg = resolve(context.run_config)
-    exp = Experiment.from_config(cfg)
-    check_experiment(exp)
-    sigmas, fused = exp.noise_levels, exp.fused
-    data = load_data(exp.data, download=exp.data.download)  # before any client needs it
-    check_client_shares(exp, data)
+    prepared = prepare(context.run_config)  # downloads the data before any client needs it
+    exp, data = prepared.exp, prepared.data
+    cfg, sigmas, fused = exp.config, exp.noise_levels, exp.fused
     run: RunFolder | None = None
 
     def log_clients(server_round: int, metrics: list[dict]) -> None:
@@ -140,9 +140,8 @@ def run_experiment(grid: Grid, context: Context) -> None:
         first_round, states = found
     else:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(exp.seed)
-            model = build_model(exp.model, data.in_channels, data.num_classes,
-                                data.image_size)
+            torch.manual_seed(seed_for(exp.seed, "init"))  # the HWA arm's too
+            model = model_for(exp.model, data.shape)
         first_round, states = 0, [model.state_dict()] * (1 if fused else len(sigmas))
     strategy = build_strategy(exp, first_round, log_clients)
     initial = join_models([ArrayRecord(s) for s in states], fused)

@@ -1,11 +1,13 @@
-"""Typed, frozen settings of an experiment, built in one place from a resolved config.
+"""Typed, frozen settings of an experiment, built in one place from a run config.
 
-`Experiment.from_config(cfg)` is the only code that reads the dotted keys of a run's config
-(`config.resolve` loads, type-checks and range-checks them; the cross-key rules below run as
-the settings are built). Every other module takes these objects, so one search from a key
-(e.g. ``"inference.platform.aihwkit.n_w"``) finds its one use here, and the field it fills
-(`Protocol.n_w`) leads to every consumer. The dotted dict stays the format of files and
-messages: `config.yaml`, and the train message that carries the config to the clients.
+`load(run_config)` is how every entry point (the ServerApp, each `analogai-fl` command, the
+ablation's arms) gets its settings: `config.resolve` loads, type-checks and range-checks the
+keys, then `Experiment.from_config(cfg)`, the only code that reads the dotted keys of a
+resolved config, builds the settings and runs the cross-key rules. Every other module takes
+these objects, so one search from a key (e.g. ``"inference.platform.aihwkit.n_w"``) finds its
+one use here, and the field it fills (`Protocol.n_w`) leads to every consumer. The dotted
+dict stays the format of files and messages: `config.yaml`, and the train message that
+carries the config to the clients.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import CONF_KEY, DEFAULT_CONF, ConfigError
+from .config import command_line_overrides, resolve
+from .errors import ConfigError
 from .recovery import Attack, Sam
-from .schema import MAX_NOISE_LEVELS, PROTOCOLS, RERAM_DRIFT_TIMES
+from .schema import CONF_KEY, DEFAULT_CONF, MAX_NOISE_LEVELS, PROTOCOLS, RERAM_DRIFT_TIMES
 from .training import Feedback, LocalTraining
 
 
@@ -214,6 +217,15 @@ class Experiment:
             ablation_validation=cfg["ablation.validation"],
             n_w_columns=n_w_columns, federation=_federation(cfg, k_total),
             output=_output(cfg))
+
+
+def load(run_config: Mapping[str, Any]) -> Experiment:
+    """The settings of a run: `run_config` (Flower's run config, or a command's conf file
+    and `--run-config` overrides, as a flat dict; `CONF_KEY` names the conf file, values of
+    `config.UNSET` are not given) resolved by `config.resolve`, built and cross-checked.
+    Raises ConfigError naming the key (and file) before any work."""
+    return Experiment.from_config(resolve(run_config),
+                                  set(command_line_overrides(run_config)))
 
 
 def _noise_levels(cfg: Mapping[str, Any], k_total: int, typed: Set[str]) -> tuple[float, ...]:

@@ -9,7 +9,7 @@ convolutions gather their input patches faster on the CPU.
     weight_sets           G programmed/drifted states of a model in one forward pass
     CONVERSION_MAP        the layer map `analog.to_analog` converts with
 
-Tests compare every extension with the aihwkit code it stands in for (tests/test_analog.py).
+Tests compare every extension with the aihwkit code it stands in for (tests/test_tiles.py).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .noise import noisy_forward
 from .recovery import Attack, Sam, activation_effects, adversarial_example, sam_step
+from .streams import generator, seed_for
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,23 @@ def proximal_term(model: nn.Module, anchor: Sequence[torch.Tensor], mu: float) -
 
 
 def msnat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, setting: LocalTraining,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss of one batch and the main noisy logits z0 (for accuracy)."""
-    def forward(sigma: float) -> torch.Tensor:
-        return noisy_forward(model, x, sigma, setting.noise_c, generator,
+               noise: torch.Generator | None = None,
+               feedback_noise: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of one batch and the main noisy logits z0 (for accuracy). The main pass draws its
+    weight noise from `noise`, the feedback passes from `feedback_noise` (default: `noise`);
+    None draws from torch's global generator."""
+    def forward(sigma: float, draws: torch.Generator | None) -> torch.Tensor:
+        return noisy_forward(model, x, sigma, setting.noise_c, draws,
                              weight_bits=setting.weight_bits)
 
-    z0 = forward(setting.sigma)
+    z0 = forward(setting.sigma, noise)
     fb = setting.feedback
     if fb is None:
         return F.cross_entropy(z0, y), z0
-    z = feedback_logits(z0, [forward(setting.sigma + off) for off in fb.offsets], fb.weights,
-                        fb.beta)
+    extra = feedback_noise if feedback_noise is not None else noise
+    z = feedback_logits(z0, [forward(setting.sigma + off, extra) for off in fb.offsets],
+                        fb.weights, fb.beta)
     return F.cross_entropy(z / fb.temperature, y), z0
 
 
@@ -144,20 +150,28 @@ def make_optimizer(model: nn.Module, setting: LocalTraining) -> torch.optim.Opti
 
 def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: int,
                 device: torch.device | str = "cpu",
-                pixel_stats: tuple[Sequence[float], Sequence[float]] | None = None
-                ) -> dict[str, float]:
-    """Train `model` in place; the proximal anchor is the model as received.
+                pixel_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+                server_round: int = 0, noise_index: int = 0) -> dict[str, float]:
+    """Train `model` in place; the proximal anchor is the model as received. Returns the
+    mean training loss, the training accuracy (fraction) of the main noisy pass, the
+    number of examples and the sample passes (`passes_per_example` x examples seen).
 
-    The optimiser is fresh each call: clients keep no state between rounds, so a resumed
-    run continues exactly and aggregation is not fighting stale momentum. `pixel_stats`
-    (per-channel mean, std of the normalisation) lets attacks bound and clamp in pixel space.
+    Every random stream (batch order, weight noise, feedback passes, activation noise,
+    attack starts, augmentation) is its own, derived from the run's `seed` and
+    (`server_round`, `noise_index`) by `streams.seed_for`. The optimiser is fresh each
+    call: clients keep no state between rounds, so a resumed run continues exactly and
+    aggregation is not fighting stale momentum. `pixel_stats` (per-channel mean, std of the
+    normalisation) lets attacks bound and clamp in pixel space. Raises TrainingDiverged.
     """
     device = torch.device(device)
     model.to(device).train()
     anchor = [p.detach().clone() for p in model.parameters()]
     optimizer = make_optimizer(model, setting)
-    noise_gen = torch.Generator(device=device).manual_seed(seed)
-    loader = training_loader(data, setting.batch_size, seed)
+    key = (server_round, noise_index)
+    noise_gen = generator(seed, "weight-noise", *key, device=device)
+    feedback_gen = generator(seed, "feedback", *key, device=device)
+    attack_gen = generator(seed, "attack", *key, device=device)
+    loader = training_loader(data, setting.batch_size, seed_for(seed, "shuffle", *key))
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (
         pixel_stats or ((0.0,), (1.0,))))
     attack = setting.attack
@@ -165,8 +179,9 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
     # Augmentation draws from torch's global CPU generator: seed it in a fork, so a
     # client's epoch repeats exactly and the caller's generator is left alone.
     with torch.random.fork_rng(devices=[]), activation_effects(
-            model, setting.act_sigma, setting.input_bits, noise_gen):
-        torch.manual_seed(seed)
+            model, setting.act_sigma, setting.input_bits,
+            generator(seed, "activation-noise", *key, device=device)):
+        torch.manual_seed(seed_for(seed, "augmentation", *key))
         for epoch in range(setting.epochs):
             for step, (x, y) in enumerate(loader):
                 x, y = x.to(device), y.to(device)
@@ -176,15 +191,15 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
                     x_adv = adversarial_example(
                         lambda inp: noisy_forward(model, inp, 0.0,
                                                   weight_bits=setting.weight_bits),
-                        x, y, attack, mean, std, noise_gen)
+                        x, y, attack, mean, std, attack_gen)
                     model.train()
                 z0_seen: list[torch.Tensor] = []
 
                 def closure(x=x, y=y, x_adv=x_adv, z0_seen=z0_seen) -> torch.Tensor:
-                    loss, z0 = msnat_loss(model, x, y, setting, noise_gen)
+                    loss, z0 = msnat_loss(model, x, y, setting, noise_gen, feedback_gen)
                     if x_adv is not None:
-                        loss = loss + attack.weight * msnat_loss(model, x_adv, y, setting,
-                                                                 noise_gen)[0]
+                        loss = loss + attack.weight * msnat_loss(
+                            model, x_adv, y, setting, noise_gen, feedback_gen)[0]
                     if setting.proximal_mu > 0:
                         loss = loss + proximal_term(model, anchor, setting.proximal_mu)
                     z0_seen.append(z0)

@@ -14,15 +14,15 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from analogai_fl.data import load_data
-from analogai_fl.models import build_model
+from analogai_fl.models import model_for
 from analogai_fl.partitions import client_dataset
 from analogai_fl.settings import DataSettings, Experiment
+from analogai_fl.streams import generator
 from analogai_fl.training import TrainingDiverged, accuracy, train_local
 from analogai_fl.wire import CONFIG_KEY, DIVERGED, TRY_KEY
 
@@ -43,11 +43,6 @@ def node_data(data: DataSettings, node_config: Mapping[str, object]) -> DataSett
     return dataclasses.replace(data, root=Path(str(root)).expanduser().resolve())
 
 
-def client_seed(seed: int, server_round: int, noise_index: int) -> int:
-    """Distinct, reproducible noise/shuffle seed per (run seed, round, client)."""
-    return int(np.random.SeedSequence([seed, server_round, noise_index]).generate_state(1)[0])
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     sent = msg.content["config"]
@@ -59,22 +54,22 @@ def train(msg: Message, context: Context) -> Message:
                               f"first try in round {server_round}")
     data = load_data(node_data(exp.data, context.node_config))  # never downloads: the
     # server fetched it before round 1 (simulation), or the node holds it (deployment)
-    model = build_model(exp.model, data.in_channels, data.num_classes, data.image_size)
+    model = model_for(exp.model, data.shape)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setting = exp.local_training(index, float(sent["proximal-mu"]))
     if setting.sigma != sigma:
         raise ValueError(f"noise level {index}: the message says sigma {sigma}, the config "
                          f"{setting.sigma}")
-    seed = client_seed(exp.seed, server_round, index)
     labels = MetricRecord({"sigma": sigma, "noise-index": index})
     try:
-        metrics = train_local(model, client_dataset(data, exp.data, index), setting, seed, device,
-                              pixel_stats=(data.mean, data.std))
+        metrics = train_local(model, client_dataset(data, exp.data, index), setting, exp.seed,
+                              device, pixel_stats=(data.mean, data.std),
+                              server_round=server_round, noise_index=index)
     except TrainingDiverged as err:  # the server names the round and client and stops
         return Message(content=RecordDict({"metrics": labels, DIVERGED: ConfigRecord(
             {"reason": str(err)})}), reply_to=msg)
-    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    noise_gen = generator(exp.seed, "client-evaluation", server_round, index, device=device)
     metrics["val_acc_noisy"] = accuracy(model, data.val, exp.evaluation.batch_size, device,
                                         sigma, setting.noise_c, noise_gen, setting.weight_bits)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

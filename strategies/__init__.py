@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
+from analogai_fl.data import data_shape
+from analogai_fl.models import model_facts
 from analogai_fl.schema import STRATEGY_NAMES
 from analogai_fl.settings import Experiment, StrategySettings
 
@@ -47,9 +49,7 @@ assert set(BUILT_INS) | {"msnat"} == set(STRATEGY_NAMES)
 
 def model_buffer_names(exp: Experiment) -> frozenset[str]:
     """State_dict keys of the configured model that are not trainable parameters."""
-    from analogai_fl.checks import model_facts
-
-    return model_facts(exp).buffer_names
+    return model_facts(exp.model, data_shape(exp.data)).buffer_names
 
 
 def build_strategy(exp: Experiment, round_offset: int = 0,
