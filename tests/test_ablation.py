@@ -2,16 +2,17 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import local_training
+from helpers import local_training
 
 from analogai_fl import ablation, config, schema
-from analogai_fl.config import ConfigError, resolve
+from analogai_fl.errors import ConfigError
 from analogai_fl.flwr_cli import flwr_env, stop_local_superlink
 from analogai_fl.noise import noisy_forward
-from analogai_fl.settings import Experiment
+from analogai_fl.settings import Experiment, load
 from strategies import build_strategy
 
 
@@ -49,32 +50,57 @@ def test_msnat_arms_differ_in_fusion_and_feedback():
 
 def test_one_run_config_of_the_k_sigmas_serves_every_arm(tmp_path):
     sigmas = {f"recovery.noise_{k}.act_inject.sigma": 0.02 * (k + 1) for k in range(5)}
-    exp = Experiment.from_config(resolve(sigmas))
+    exp = load(sigmas)
     for name, arm in ablation.arms(exp).items():
         if arm.kind != "flwr":
             continue
-        run = Experiment.from_config(resolve(ablation.arm_run_config(
-            name, arm, exp, sigmas, 1, tmp_path)))
+        run = load(ablation.arm_run_config(
+            name, arm, exp, sigmas, 1, tmp_path))
         expected = [0.0] if name == "vanilla" else [0.06] if name == "noise_injection" \
             else [0.02, 0.04, 0.06, 0.08, 0.1]
         assert list(run.noise_levels) == pytest.approx(expected), name
 
 
-def test_an_arm_that_would_repeat_the_msnat_run_is_not_trained(tmp_path):
+def planned(overrides, names=ablation.ARM_NAMES, seeds=(1,), out=Path("/tmp/unused")):
+    return ablation.plan(load(overrides), overrides, out, seeds, names)
+
+
+def test_an_arm_that_would_repeat_the_msnat_run_is_not_trained():
     names = list(ablation.ARM_NAMES)
-    full = Experiment.from_config(resolve({}))
-    assert ablation.same_run_as_msnat(full, {}, names) == []
+    assert ablation.same_run_as_msnat(planned({})) == []
     no_feedback = {"training.use_neg": False}
-    exp = Experiment.from_config(resolve(no_feedback))
-    assert ablation.same_run_as_msnat(exp, no_feedback, names) == ["msnat_no_fl"]
-    assert ablation.same_run_as_msnat(exp, no_feedback, ["msnat_no_fl"]) == []  # no 'msnat'
+    assert ablation.same_run_as_msnat(planned(no_feedback)) == ["msnat_no_fl"]
+    assert ablation.same_run_as_msnat(planned(no_feedback, ["msnat_no_fl"])) == []  # no msnat
     no_fusion = {"training.use_fl": False}
-    exp = Experiment.from_config(resolve(no_fusion))
-    assert ablation.same_run_as_msnat(exp, no_fusion, names) == ["msnat_no_fi"]
+    assert ablation.same_run_as_msnat(planned(no_fusion, names, (1, 2))) == ["msnat_no_fi"]
+
+
+def test_the_plan_resolves_each_run_once_in_training_order(monkeypatch, tmp_path):
+    from analogai_fl import settings
+
+    resolved = []
+    real = settings.resolve
+    monkeypatch.setattr(settings, "resolve", lambda rc: resolved.append(rc) or real(rc))
+    overrides = {"training.rounds": 2}
+    exp = Experiment.from_config(real(overrides))
+    runs = ablation.plan(exp, overrides, tmp_path, [5, 6], ["hwa", "vanilla", "msnat"])
+    assert [(r.name, r.seed) for r in runs] == [
+        ("vanilla", 5), ("msnat", 5), ("hwa", 5), ("vanilla", 6), ("msnat", 6), ("hwa", 6)]
+    assert len(resolved) == 2 * 3  # per seed: the ablation's settings and the two flwr arms
+    for run in runs:
+        assert run.seed == run.exp.seed == run.base.seed and run.exp.rounds == 2
+        assert run.data is runs[0].data if run.seed == 5 else run.data is runs[-1].data
+        if run.arm.kind == "hwa":
+            assert run.run_config is None and run.exp is run.base
+        else:  # what the arm's flwr run will resolve, and its folder in the ablation's
+            assert run.exp == load(run.run_config)
+            assert run.run_config["output.dir"] == str(tmp_path / "runs")
+    assert [r.exp.clients for r in runs[:3]] == [1, 5, 5]
+    assert not (tmp_path / "runs").exists()  # planned, nothing written
 
 
 def test_unknown_arm_and_missing_baseline_are_refused(tmp_path):
-    cfg = Experiment.from_config(resolve({}))
+    cfg = load({})
     with pytest.raises(ValueError, match="unknown arm.*'nope'.*known: vanilla"):
         ablation.run_ablation(cfg, {}, tmp_path, [0], ["nope"])
     with pytest.raises(ValueError, match="'hwa_compute' needs the 'msnat' arm"):
@@ -89,7 +115,7 @@ def tiny_ablation(tmp_path_factory):
     overrides = {"training.rounds": 1, "training.client_num_in_total": 2,
                  "inference.repeats": 1, "inference.drift_times": [1.0, 86400.0],
                  "inference.n_w_sweep": [0.0, 0.2], "ablation.n_w_columns": [0.2]}
-    cfg = Experiment.from_config(resolve(overrides))
+    cfg = load(overrides)
     try:
         rows = ablation.run_ablation(cfg, overrides, out, [3],
                                      ["vanilla", "msnat_no_fi", "msnat", "hwa"], env=env,
@@ -136,7 +162,7 @@ def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_p
     overrides = {"training.rounds": 1, "training.client_num_in_total": 2,
                  "inference.repeats": 1, "inference.drift_times": [1.0, 86400.0],
                  "inference.n_w_sweep": [0.0, 0.2], "ablation.n_w_columns": [0.2]}
-    cfg = Experiment.from_config(resolve(overrides))
+    cfg = load(overrides)
     # interrupted after msnat's last checkpoint, before its summary and its row were written
     (msnat_run,) = (out / "runs").glob("msnat-seed3-*")
     (msnat_run / "summary.json").unlink()
@@ -163,82 +189,20 @@ def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_p
 
 
 def test_an_ablation_folder_of_other_settings_is_refused_before_any_work(tmp_path):
-    first = Experiment.from_config(resolve({"training.rounds": 1}))
+    first = load({"training.rounds": 1})
     saved = ablation._identity(first.config)
     del saved["federation.retries"]  # a folder written before that key existed
     saved["conf"] = "/elsewhere/conf/default.yaml"  # and by a checkout since moved
     (tmp_path / ablation.STATE_FILE).write_text(json.dumps({"config": saved}))
-    assert ablation.finished_rows(Experiment.from_config(resolve(
-        {"training.rounds": 1, "seed": 7})), tmp_path) == []  # other seeds may be added
-    other = Experiment.from_config(resolve({"training.rounds": 2}))
+    assert ablation.finished_rows(load(
+        {"training.rounds": 1, "seed": 7}), tmp_path) == []  # other seeds may be added
+    other = load({"training.rounds": 2})
     with pytest.raises(ConfigError, match="training.rounds: 1 there, 2 now"):
         ablation.run_ablation(other, {}, tmp_path, [0], ["vanilla"])
-    retries = Experiment.from_config(resolve({"training.rounds": 1, "federation.retries": 3}))
+    retries = load({"training.rounds": 1, "federation.retries": 3})
     with pytest.raises(ConfigError, match="federation.retries: 2 there, 3 now"):
         ablation.finished_rows(retries, tmp_path)  # the missing key has its default there
     assert not (tmp_path / "runs").exists()
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--arms", "vanilla,nope"], "unknown arm(s) ['nope']"),
-    (["--arms", "hwa_compute"], "add it"),
-    (["--run-config", "ablation.n_w_columns='0.12'"], "does not measure"),
-    (["--run-config", "training.rounds=0"], "training.rounds"),
-    (["--seeds", "x"], "comma-separated integers"),
-])
-def test_ablate_command_refuses_bad_input_before_training(args, message, tmp_path, capsys):
-    from analogai_fl.cli import main
-
-    try:
-        code = main(["ablate", "--out", str(tmp_path / "out"), *args])
-    except SystemExit as exit_:  # argparse's own usage errors
-        code = exit_.code
-    assert code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "out" / "runs").exists()  # nothing trained
-
-
-def _row(arm, seed, acc):
-    """An ablation row as `run_ablation` writes it, every accuracy `acc` (a fraction)."""
-    entry = {"mean": acc, "std": 0.0, "seconds": 1.0}
-    protocol = {"drift": {"1s": entry}, "n_w": {0.1: entry}}
-    return {"arm": arm, "method": arm.upper(), "seed": seed, "epochs": 1, "sample_passes": 10,
-            "wall_seconds": 1.0, "note": "", "clean": acc,
-            "protocols": {name: protocol for name in schema.PROTOCOLS},
-            "val": {"clean": acc, "protocols": {name: {"drift": {"1s": entry}}
-                                                for name in schema.PROTOCOLS}}}
-
-
-def test_the_table_gives_each_method_its_seed_count_and_spread():
-    from analogai_fl.reporting import ablation_markdown
-    rows = [_row("a", 1, 0.80), _row("a", 2, 0.90), _row("b", 1, 0.70)]
-    md = ablation_markdown(rows, [0.1])
-    tables = [part for part in md.split("\n\n") if part.startswith("| method")]
-    assert len(tables) == 3  # the realistic, seed and validation tables
-    for table in tables:
-        assert "| method | seeds |" in table
-        # a: two seeds, mean 85.0, sample std 7.1; b: one seed, no spread shown
-        assert "| A | 2 | 85.0 ± 7.1 | 85.0 ± 7.1 |" in table
-        assert "| B | 1 | 70.0 | 70.0 |" in table
-
-
-def test_the_plotted_curve_is_the_mean_over_seeds_with_their_spread():
-    from analogai_fl.reporting import seed_curve
-    xs, ys, spread = seed_curve([_row("a", 1, 0.80), _row("a", 2, 0.90)], "realistic", "drift")
-    assert xs == [1.0] and ys == pytest.approx([85.0])
-    assert spread == pytest.approx([7.0711], abs=1e-3)  # sample std of 80 and 90
-    assert seed_curve([_row("a", 1, 0.8)], "seed", "n_w") == ([0.1], [pytest.approx(80.0)],
-                                                               None)
-
-
-def test_each_seed_note_is_listed_once_with_its_seeds():
-    from analogai_fl.reporting import ablation_markdown
-    rows = [_row("a", seed, 0.8) | {"note": f"best of K=5 by validation: sigma {sigma}"}
-            for seed, sigma in ((1, 0.04), (2, 0.02), (3, 0.04))]
-    md = ablation_markdown(rows, [0.1])
-    assert "- A: best of K=5 by validation: sigma 0.02 (seed 2)" in md
-    assert "- A: best of K=5 by validation: sigma 0.04 (seeds 1, 3)" in md
-    assert md.count("sigma 0.04") == 1
 
 
 @pytest.mark.e2e
@@ -250,7 +214,7 @@ def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation
                  "inference.repeats": 1, "inference.drift_times": [1.0, 86400.0],
                  "inference.n_w_sweep": [0.0, 0.2], "ablation.n_w_columns": [0.2]}
     said = []
-    rows = ablation.run_ablation(Experiment.from_config(resolve(overrides)), overrides, out,
+    rows = ablation.run_ablation(load(overrides), overrides, out,
                                  [3], ["vanilla"], progress=said.append)
     assert not any("training" in s for s in said)
     assert (out / ablation.ROWS_FILE).read_text() == kept
@@ -262,13 +226,3 @@ def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation
         assert md.count(f"| {row['method']} | 1 |") == 3
 
 
-def test_a_lead_inside_the_seed_spread_is_not_called_a_win():
-    from analogai_fl.reporting import leader
-    wide = leader({"A": [0.80, 0.86, 0.83], "B": [0.81, 0.82, 0.80]})  # stds 3.0 and 1.0
-    assert wide.startswith("A 83.0 ± 3.0 leads B 81.0 ± 1.0 by 2.0 points")
-    assert wide.endswith("within the seed spread (3.0), not a win")
-    tight = leader({"B": [0.81, 0.82, 0.80], "A": [0.84, 0.85, 0.83]})
-    assert tight.startswith("A 84.0 ± 1.0 leads B") and tight.endswith("a win, beyond the "
-                                                                         "seed spread")
-    assert leader({"A": [0.9], "B": [0.8, 0.7]}).endswith("one seed, no spread to judge by")
-    assert "the only method" in leader({"A": [0.9, 0.8]})

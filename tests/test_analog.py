@@ -1,17 +1,25 @@
-"""Real aihwkit tiles: a wrong torch imports aihwkit fine and fails only on the first tile op."""
+"""The analog evaluation (`analogai_fl.analog`) on real aihwkit tiles: every layer converted,
+the tile settings of a protocol, drift and its compensation, the device models (PCM, ReRAM,
+ideal), the n_w sweep and the torch device. A wrong torch imports aihwkit fine and fails only
+on the first tile op. The project's own tiles (torch tile, one pass) are in test_tiles.py.
+"""
 
 import dataclasses
 
 import pytest
 import torch
 from aihwkit.simulator.configs import WeightNoiseType
-from conftest import experiment
+from helpers import LAYERS, NAMES, build, experiment, protocol_for
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from analogai_fl import analog, schema
+from analogai_fl import analog, config, schema
+from analogai_fl.checks import check_experiment, evaluation_device
+from analogai_fl.errors import ConfigError
 from analogai_fl.models import MODELS, build_model
-from analogai_fl.reporting import drift_label
 from analogai_fl.training import accuracy
+
+TIMES = [1.0, 31536000.0]
 
 
 def protocol(**changes):
@@ -19,7 +27,7 @@ def protocol(**changes):
 
 
 # mobilenetv2 (7172 tiles, one per depthwise channel: ~15 s to convert) is covered by
-# tests/test_models.py::test_drift_accuracy_converts_every_layer_and_returns_sane_numbers.
+# test_drift_accuracy_converts_every_layer_and_returns_sane_numbers below.
 @pytest.mark.parametrize("name", sorted(set(MODELS) - {"mobilenetv2"}))
 def test_every_conv_and_linear_becomes_an_analog_tile(name):
     model = build_model(name, 1, 10, 32)
@@ -95,93 +103,155 @@ def test_config_knows_exactly_the_implemented_devices():
     assert set(schema.DEVICES) == set(analog.DEVICE_MODELS)
 
 
-def test_drift_labels():
-    assert [drift_label(t) for t in (1, 3600, 86400, 31536000, 90, 1.5)] == [
-        "1s", "1h", "1d", "1y", "1.5min", "1.5s"]
+# --- every model of the zoo, converted -------------------------------------------------------
+
+def expected_tiles(model: nn.Module) -> int:
+    """One aihwkit tile per Linear and per group of every convolution."""
+    return sum(m.groups if isinstance(m, nn.Conv2d) else 1
+               for m in model.modules() if isinstance(m, LAYERS))
 
 
-# --- The torch tile simulates what the C++ tile simulates ------------------------------------
-
-def noise_free(**changes):
-    """Deterministic forward: no device noise, no drift compensation, no output noise."""
-    return protocol(device="ideal", drift_compensation=False, out_noise=0.0, **changes)
-
-
-def outputs(model, proto, x, tile, seed=0):
-    torch.manual_seed(seed)
-    converted = analog.to_analog(model, dataclasses.replace(proto, tile=tile))
-    converted.program_analog_weights()
-    with torch.no_grad():
-        return converted(x)
+def test_to_analog_maps_grouped_convolutions_to_one_tile_per_group():
+    protocol = experiment().evaluation.protocol
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=4), nn.Flatten(), nn.Linear(8, 2))
+    analog_model = analog.to_analog(model, protocol)
+    assert len(list(analog_model.analog_layers())) == 4 + 1
+    assert model[0].groups == 4  # the argument is left alone
 
 
-@pytest.mark.parametrize("name", ["realistic", "seed"])
-def test_torch_tile_matches_cpp_tile_without_noise(trained, digits, name):
-    proto = experiment().evaluation.protocols[name]
-    proto = dataclasses.replace(proto, device="ideal", drift_compensation=False, out_noise=0.0)
-    x = digits.test.tensors[0]
-    cpp, torch_tile = outputs(trained, proto, x, "cpp"), outputs(trained, proto, x, "torch")
-    differ = (cpp - torch_tile).abs() > 1e-4  # float summation order: rare 1-step DAC ties
-    assert differ.float().mean() < 1e-2
-    assert (cpp.argmax(1) == torch_tile.argmax(1)).float().mean() > 0.99
+@pytest.mark.parametrize("name", NAMES)
+def test_drift_accuracy_converts_every_layer_and_returns_sane_numbers(name, monkeypatch):
+    model = build(name, in_channels=3)
+    converted = []
+    to_analog = analog.to_analog
 
+    def spy(*args, **kwargs):
+        converted.append(to_analog(*args, **kwargs))
+        return converted[-1]
 
-def test_bound_management_repeats_only_the_clipping_vectors_like_cpp():
-    layer = nn.Linear(64, 4, bias=False)
-    with torch.no_grad():
-        layer.weight.fill_(0.5)
-    x = torch.rand(6, 64)
-    x[:3] = x[:3].abs() + 1.0  # sum 64 x 0.5 x ~1.5 = ~48 > out_bound 12: these clip
-    proto = noise_free(weight_scaling_omega=1.0)
-    cpp = outputs(layer, proto, x, "cpp")
-    torch_tile = outputs(layer, proto, x, "torch")
-    assert torch.allclose(cpp, torch_tile, rtol=1e-5, atol=1e-5)
-    with torch.no_grad():  # clipped outputs were recovered by a smaller input scale
-        assert torch.allclose(torch_tile, layer(x), rtol=0.05)
-    alone = outputs(layer, proto, x[3:], "torch")  # the non-clipping rows without the others
-    assert torch.equal(alone, torch_tile[3:])    # the batch does not change a vector's result
-
-
-def test_additive_weight_noise_n_w_has_the_cpp_tile_statistics():
-    """n_w: y = (W + Xi) x with Xi ~ N(0, n_w^2) fresh per MVM, i.e. output noise of std
-    n_w * |x| (no weight scaling, converters off, no other noise)."""
+    monkeypatch.setattr(analog, "to_analog", spy)
     torch.manual_seed(0)
-    layer = nn.Linear(16, 8, bias=False)
-    x = torch.randn(1, 16).repeat(400, 1)
-    proto = noise_free(n_w=0.1, weight_scaling_omega=0.0, dac_bits=0, adc_bits=0)
-    expected = 0.1 * x[0].norm().item()
-    for tile in ("cpp", "torch"):
-        y = outputs(layer, proto, x, tile)
-        assert y.std(0).mean().item() == pytest.approx(expected, rel=0.1), tile
-        assert torch.allclose(y.mean(0), layer(x[:1])[0], atol=4 * expected / 20)
+    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    result = analog.drift_accuracy(model, data, experiment().evaluation.protocol, [1.0],
+                                   repeats=1, seed=0)
+    assert len(converted) == 1
+    assert len(list(converted[0].analog_layers())) == expected_tiles(model)
+    assert not any(type(m) in LAYERS for m in converted[0].modules())  # nothing left digital
+    assert set(result) == {"1s"}
+    entry = result["1s"]
+    assert 0.0 <= entry["mean"] <= 1.0 and entry["std"] == 0.0 and entry["seconds"] == 1.0
+    assert entry["mean"] * 8 == pytest.approx(round(entry["mean"] * 8))  # k of 8 images
 
 
-def test_an_all_zero_input_vector_gives_exact_zeros_like_cpp():
-    layer = nn.Linear(8, 4)
-    x = torch.zeros(3, 8)
-    x[0] = 1.0
-    for tile in ("cpp", "torch"):
-        y = outputs(layer, protocol(device="ideal", drift_compensation=False), x, tile)
-        assert torch.equal(y[1:], layer.bias.detach().expand(2, 4)), tile  # digital bias only
+# --- device models ---------------------------------------------------------------------------
+
+def test_ideal_device_without_converters_or_noise_is_the_digital_model(trained, digits):
+    proto = dataclasses.replace(protocol_for(**{"inference.platform.aihwkit.device": "ideal"}),
+                                dac_bits=0, adc_bits=0, out_noise=0.0)
+    result = analog.drift_accuracy(trained, digits.test, proto, TIMES, repeats=2, seed=0)
+    clean = accuracy(trained, digits.test)
+    assert [e["mean"] for e in result.values()] == [clean, clean]
 
 
-def test_torch_tile_evaluation_is_reproducible_with_its_seed(trained, digits):
-    proto = protocol(tile="torch", n_w=0.05)
-    runs = [analog.drift_accuracy(trained, digits.test, proto, [1.0, 3600.0], 2, seed=5)
-            for _ in range(2)]
-    assert runs[0] == runs[1]
+def test_ideal_device_keeps_the_protocols_forward_noise(trained, digits):
+    proto = protocol_for(**{"inference.platform.aihwkit.device": "ideal",
+                        "inference.platform.aihwkit.n_w": 0.3})
+    noisy = analog.drift_accuracy(trained, digits.test, proto, [1.0], repeats=1, seed=0)
+    assert noisy["1s"]["mean"] < accuracy(trained, digits.test) - 0.02
 
 
-def test_patch_convolution_feeds_the_tiles_exactly_what_aihwkit_would():
-    from aihwkit.nn.conversion import convert_to_analog
+def test_pcm_drift_costs_more_accuracy_without_drift_compensation(trained, digits):
+    def drop(gdc: bool) -> float:
+        proto = protocol_for(**{"inference.protocols.realistic.drift_compensation": gdc})
+        r = analog.drift_accuracy(trained, digits.test, proto, TIMES, repeats=2, seed=0)
+        return r["1s"]["mean"] - r["1y"]["mean"]
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, stride=2), nn.ReLU(),
-                          nn.Conv2d(8, 4, 5)).eval()
-    proto = noise_free(tile="torch")
-    ours = analog.to_analog(model, proto)
-    stock = convert_to_analog(model, analog.rpu_config(proto)).eval()
-    stock.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 3, 17, 17)
-    with torch.no_grad():
-        assert torch.equal(ours(x), stock(x))
+    assert drop(gdc=False) > drop(gdc=True) + 0.05
+
+
+def test_reram_converts_and_evaluates_at_its_measured_times(trained, digits):
+    from aihwkit.inference import ReRamWan2022NoiseModel
+    times = list(schema.RERAM_DRIFT_TIMES)  # the only times the installed aihwkit fits
+    assert times == sorted(ReRamWan2022NoiseModel(g_max=analog.RERAM_G_MAX).coeff_dic)
+    proto = protocol_for(**{"inference.platform.aihwkit.device": "ReRAM",
+                        "inference.drift_times": times, "inference.reram.noise_scale": 2.0})
+    assert proto.reram_noise_scale == 2.0
+    rpu = analog.rpu_config(proto)
+    assert type(rpu.noise_model).__name__ == "ReRamWan2022NoiseModel"
+    assert rpu.noise_model.g_max == analog.RERAM_G_MAX and rpu.noise_model.noise_scale == 2.0
+    result = analog.drift_accuracy(trained, digits.test, proto, times, repeats=2, seed=0)
+    assert list(result) == ["1s", "1d", "2d"]
+    assert all(0.5 < e["mean"] <= 1.0 for e in result.values())
+
+
+def test_reram_refuses_drift_times_it_has_no_data_for():
+    with pytest.raises(config.ConfigError, match="inference.drift_times.*ReRAM.*3600"):
+        protocol_for(**{"inference.platform.aihwkit.device": "ReRAM"})  # default times: 1 h, 1 y
+
+
+def test_the_three_devices_program_different_weights(trained):
+    programmed = {}
+    for device in schema.DEVICES:
+        times = {"inference.drift_times": [1.0]} if device == "ReRAM" else {}
+        proto = protocol_for(**{"inference.platform.aihwkit.device": device, **times})
+        torch.manual_seed(0)
+        model = analog.to_analog(trained, proto)
+        model.program_analog_weights()
+        model.drift_analog_weights(1.0)
+        tile = next(model.analog_tiles())
+        programmed[device] = tile.tile.get_weights().clone()
+    reference = next(analog.to_analog(trained, protocol_for()).analog_tiles()).tile.get_weights()
+    assert torch.allclose(programmed["ideal"], reference, atol=1e-6)
+    for device in ("PCM", "ReRAM"):
+        assert not torch.allclose(programmed[device], reference, atol=1e-3)
+    assert not torch.allclose(programmed["PCM"], programmed["ReRAM"], atol=1e-3)
+
+
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_n_w_sweep_uses_the_same_device_draws_for_every_n_w(trained, digits, monkeypatch,
+                                                            one_pass):
+    seen = []  # the first tile's drifted weights at each evaluation (or state taken)
+    if one_pass:
+        take = analog.tile_state
+
+        def spy(model):
+            seen.append(next(model.analog_tiles()).tile.get_weights().clone())
+            return take(model)
+
+        monkeypatch.setattr(analog, "tile_state", spy)
+    else:
+        evaluate = analog.analog_accuracy
+
+        def spy(model, data, batch_size):
+            seen.append(next(model.analog_tiles()).tile.get_weights().clone())
+            return evaluate(model, data, batch_size)
+
+        monkeypatch.setattr(analog, "analog_accuracy", spy)
+    sweep = analog.n_w_sweep(trained, digits.test, protocol_for(), [0.0, 0.3], [1.0, 3600.0],
+                             repeats=2, seed=0, one_pass=one_pass)
+    per_n_w = len(seen) // 2
+    assert per_n_w == 4
+    assert all(torch.equal(a, b) for a, b in zip(seen[:per_n_w], seen[per_n_w:]))
+    assert not torch.equal(seen[0], seen[2])  # repeats differ, each its own programming
+    assert sweep[0.3]["1s"]["mean"] < sweep[0.0]["1s"]["mean"]
+    assert sweep[0.0] == analog.drift_accuracy(trained, digits.test, protocol_for(), [1.0, 3600.0],
+                                             2, 0, one_pass=one_pass)
+
+
+# --- the torch device of the evaluation --------------------------------------------------------
+
+def test_the_torch_device_is_chosen_by_key_and_checked_before_any_work(monkeypatch):
+    assert evaluation_device(experiment()).type == ("cuda" if torch.cuda.is_available()
+                                                    else "cpu")
+    assert evaluation_device(experiment(**{"inference.torch_device": "cpu"})).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert analog.torch_device("auto", "torch") == torch.device("cuda", 0)
+    assert analog.torch_device("auto", "cpp") == torch.device("cpu")  # no CUDA C++ tiles
+    with pytest.raises(ConfigError, match="'inference.torch_device' expects auto, cpu"):
+        experiment(**{"inference.torch_device": "gpu"})
+    with pytest.raises(ConfigError, match="needs inference.tile=torch"):
+        experiment(**{"inference.torch_device": "cuda", "inference.tile": "cpp"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="inference.torch_device 'cuda:1': torch sees no CUDA"):
+        check_experiment(experiment(**{"inference.torch_device": "cuda:1"}))

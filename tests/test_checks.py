@@ -7,30 +7,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import experiment
+from helpers import experiment, run_cli
 
-from analogai_fl import checks, cli, config
-from analogai_fl.config import ConfigError, resolve
+from analogai_fl import checks, config, schema
 from analogai_fl.data import load_data
-from analogai_fl.settings import Experiment
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_check_prints_what_flwr_run_would_run(capsys):
-    code, out, _ = run_cli(capsys, "check", "--run-config",
-                           "training.rounds=3 strategy.name='fedadam'")
-    assert code == 0
-    assert "lenet on digits" in out and "strategy fedadam" in out and "3 rounds" in out
-    assert "changed from the defaults: training.rounds=3, strategy.name='fedadam'" in out
-    assert "sent again up to 2 time(s), reply timeout Flower's" in out
-    _, out, _ = run_cli(capsys, "check", "--run-config", "federation.retries=0 "
-                        "federation.reply_timeout=30 federation.inject_failure='2:1'")
-    assert "up to 0 time(s), reply timeout 30 s, injected failure round 2, level 1" in out
+from analogai_fl.errors import ConfigError
+from analogai_fl.settings import load
 
 
 @pytest.mark.parametrize("run_config,message", [
@@ -93,7 +75,7 @@ def test_infer_refuses_before_evaluating(capsys, tmp_path, trained):
 def test_every_preset_passes_every_check():
     """What the project ships must pass its own checks (model/size, BatchNorm batches)."""
     for path in sorted(config.PROJECT_DIR.glob("conf/*.yaml")):
-        checks.check_experiment(Experiment.from_config(resolve({config.CONF_KEY: str(path)})))
+        checks.check_experiment(load({schema.CONF_KEY: str(path)}))
 
 
 def test_checks_leave_the_callers_rng_alone():
@@ -107,4 +89,4 @@ def test_checks_leave_the_callers_rng_alone():
 
 def test_a_config_error_is_raised_for_an_impossible_image_size():
     with pytest.raises(ConfigError, match="'model.name'='vgg8' and 'data.image_size'=4 do not fit"):
-        checks.configured_model(experiment(**{"model.name": "vgg8", "data.image_size": 4}))
+        checks.model_facts(experiment(**{"model.name": "vgg8", "data.image_size": 4}))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import local_training
+from helpers import local_training
 
 from analogai_fl import flwr_cli
 from analogai_fl.data import load_data

@@ -1,42 +1,27 @@
-"""The model zoo: shapes, MSNAT training with BatchNorm, noise coverage, full analog conversion.
+"""The model zoo (`analogai_fl.models`): shapes, layouts, state dicts, and grouped
+convolutions split for aihwkit.
 
-CPU only and small: a few 32x32 images per model.
+CPU only and small: a few 32x32 images per model. Every model under weight noise, in an MSNAT
+step and converted to analog tiles: test_noise.py, test_training.py, test_analog.py.
 """
 
 import pytest
 import torch
 from aihwkit.nn.conversion import convert_to_analog
 from aihwkit.simulator.configs import InferenceRPUConfig
-from conftest import experiment, local_training
+from helpers import LAYERS, NAMES, build
 from torch import nn
-from torch.utils.data import TensorDataset
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 
-from analogai_fl import analog, config, schema
+from analogai_fl import schema
 from analogai_fl.models import (
     MODELS,
     GroupedConv,
-    build_model,
     merge_grouped_convs,
     split_grouped_convs,
 )
-from analogai_fl.noise import noisy_forward, noisy_weight_names
-from analogai_fl.training import make_optimizer, msnat_loss
-
-NAMES = sorted(MODELS)
-LAYERS = (nn.Conv2d, nn.Linear)
-
-
-def build(name, in_channels=1, num_classes=10, image_size=32, seed=0):
-    torch.manual_seed(seed)
-    return build_model(name, in_channels, num_classes, image_size)
-
-
-def expected_tiles(model: nn.Module) -> int:
-    """One aihwkit tile per Linear and per group of every convolution."""
-    return sum(m.groups if isinstance(m, nn.Conv2d) else 1
-               for m in model.modules() if isinstance(m, LAYERS))
+from analogai_fl.noise import noisy_forward
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -113,55 +98,6 @@ def test_small_models_refuse_too_small_images():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_noise_reaches_every_conv_and_linear_weight(name):
-    model = build(name).train()
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, LAYERS)}
-    assert sorted(noisy_weight_names(model)) == sorted(f"{n}.weight" for n in layers)
-    used = {}
-    for n, m in layers.items():
-        m.register_forward_pre_hook(lambda mod, _i, n=n: used.update({n: mod.weight.clone()}))
-    x = torch.randn(2, 1, 32, 32)
-    noisy_forward(model, x, 0.1)
-    assert set(used) == set(layers)  # every layer ran ...
-    for n, m in layers.items():  # ... with a perturbed weight
-        assert not torch.equal(used[n], m.weight), n
-    model.eval()  # BN on fixed statistics: compare the same function with and without noise
-    assert not torch.allclose(noisy_forward(model, x, 0.1, in_eval=True), model(x))
-
-
-def test_resnet_shortcut_convolutions_are_noisy():
-    names = noisy_weight_names(build("resnet18"))
-    for layer in (2, 3, 4):
-        assert f"layer{layer}.0.downsample.0.weight" in names
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_msnat_step_trains_every_parameter_and_batchnorm_statistics(name):
-    model = build(name).train()
-    setting = local_training(config.defaults() | {"training.use_neg": True}, 0.1,
-                                        0.0)
-    assert setting.feedback is not None and setting.sigma > 0
-    params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    norms = {n: (m.running_mean.clone(), m.running_var.clone())
-             for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    optimizer = make_optimizer(model, setting)
-    x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
-    loss, z0 = msnat_loss(model, x, y, setting, torch.Generator().manual_seed(0))
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss) and z0.shape == (4, 10)
-    for n, p in model.named_parameters():
-        assert not torch.equal(p, params[n]), f"{n} did not change"
-    for n, m in model.named_modules():
-        if isinstance(m, nn.BatchNorm2d):
-            mean, var = norms[n]
-            assert not torch.equal(m.running_mean, mean) and not torch.equal(m.running_var, var)
-            assert m.num_batches_tracked.item() > 0
-    assert (len(norms) > 0) == (name in {"vgg8", "resnet18", "mobilenetv2"})
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip_keeps_weights_and_batchnorm_buffers(name):
     trained = build(name).train()
     noisy_forward(trained, torch.randn(4, 1, 32, 32), 0.1)  # moves the BN statistics
@@ -223,33 +159,3 @@ def test_split_mobilenetv2_is_the_same_network():
     assert merge_grouped_convs(split).state_dict().keys() == model.state_dict().keys()
 
 
-def test_to_analog_maps_grouped_convolutions_to_one_tile_per_group():
-    protocol = experiment().evaluation.protocol
-    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=4), nn.Flatten(), nn.Linear(8, 2))
-    analog_model = analog.to_analog(model, protocol)
-    assert len(list(analog_model.analog_layers())) == 4 + 1
-    assert model[0].groups == 4  # the argument is left alone
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_drift_accuracy_converts_every_layer_and_returns_sane_numbers(name, monkeypatch):
-    model = build(name, in_channels=3)
-    converted = []
-    to_analog = analog.to_analog
-
-    def spy(*args, **kwargs):
-        converted.append(to_analog(*args, **kwargs))
-        return converted[-1]
-
-    monkeypatch.setattr(analog, "to_analog", spy)
-    torch.manual_seed(0)
-    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
-    result = analog.drift_accuracy(model, data, experiment().evaluation.protocol, [1.0],
-                                   repeats=1, seed=0)
-    assert len(converted) == 1
-    assert len(list(converted[0].analog_layers())) == expected_tiles(model)
-    assert not any(type(m) in LAYERS for m in converted[0].modules())  # nothing left digital
-    assert set(result) == {"1s"}
-    entry = result["1s"]
-    assert 0.0 <= entry["mean"] <= 1.0 and entry["std"] == 0.0 and entry["seconds"] == 1.0
-    assert entry["mean"] * 8 == pytest.approx(round(entry["mean"] * 8))  # k of 8 images

@@ -1,5 +1,9 @@
+"""Weight noise in the forward pass (`analogai_fl.noise`): its size, a fresh draw per
+forward, the straight-through gradient, and every conv and linear weight of every model."""
+
 import pytest
 import torch
+from helpers import LAYERS, NAMES, build
 from torch import nn
 
 from analogai_fl.models import MODELS, build_model
@@ -68,3 +72,26 @@ def test_every_conv_and_linear_weight_is_noisy_biases_clean(name):
             assert torch.equal(bias, originals[f"{names[m]}.bias"])
     for n, p in model.named_parameters():  # noise never leaks into the parameters
         assert torch.equal(p, originals[n])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_noise_reaches_every_conv_and_linear_weight(name):
+    model = build(name).train()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LAYERS)}
+    assert sorted(noisy_weight_names(model)) == sorted(f"{n}.weight" for n in layers)
+    used = {}
+    for n, m in layers.items():
+        m.register_forward_pre_hook(lambda mod, _i, n=n: used.update({n: mod.weight.clone()}))
+    x = torch.randn(2, 1, 32, 32)
+    noisy_forward(model, x, 0.1)
+    assert set(used) == set(layers)  # every layer ran ...
+    for n, m in layers.items():  # ... with a perturbed weight
+        assert not torch.equal(used[n], m.weight), n
+    model.eval()  # BN on fixed statistics: compare the same function with and without noise
+    assert not torch.allclose(noisy_forward(model, x, 0.1, in_eval=True), model(x))
+
+
+def test_resnet_shortcut_convolutions_are_noisy():
+    names = noisy_weight_names(build("resnet18"))
+    for layer in (2, 3, 4):
+        assert f"layer{layer}.0.downsample.0.weight" in names

@@ -5,22 +5,24 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import local_training
+from helpers import local_training
 from torch import nn
 
 from analogai_fl import config
-from analogai_fl.config import ConfigError, resolve
+from analogai_fl.config import resolve
+from analogai_fl.errors import ConfigError
+from analogai_fl.models import deployed_model
 from analogai_fl.noise import noisy_forward
-from analogai_fl.quantization import quantize_dynamic, quantize_per_channel
+from analogai_fl.quantization import quantize_dynamic
 from analogai_fl.recovery import (
     Attack,
     Sam,
     activation_effects,
     adversarial_example,
-    deployed,
     sam_perturbation,
     sam_step,
 )
+from analogai_fl.settings import load
 from analogai_fl.training import accuracy, passes_per_example, train_local
 
 
@@ -118,19 +120,6 @@ def test_pgd_beats_fgsm_at_the_same_epsilon(digits, lenet):
                                                                          False, 1.0))
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
-def test_qat_weights_take_at_most_2_to_the_b_values_per_channel(bits):
-    torch.manual_seed(0)
-    w = torch.randn(6, 4, 3, 3, requires_grad=True)
-    q = quantize_per_channel(w, bits)
-    for channel in q.detach():
-        assert len(torch.unique(channel)) <= 2**bits
-    assert len(torch.unique(q.detach())) > 2**bits  # channels have their own grids
-    assert (q - w).abs().max() > 0
-    q.sum().backward()  # straight-through: d q / d w = 1
-    assert torch.equal(w.grad, torch.ones_like(w))
-
-
 def test_qat_reaches_training_and_deployment(digits, lenet):
     cfg = config.defaults() | {"recovery.qat.use": True, "recovery.qat.weight_bits": 3,
                                "recovery.qat.act_bits": 4, "training.use_neg": False}
@@ -141,7 +130,7 @@ def test_qat_reaches_training_and_deployment(digits, lenet):
     assert not torch.allclose(noisy_forward(lenet, x, 0.0, weight_bits=3), lenet(x))
     model = copy.deepcopy(lenet)
     train_local(model, digits.train, setting, seed=0)
-    deployed(model, local_training(cfg, 0.0, 0.0).weight_bits)
+    model = deployed_model("lenet", digits.shape, model.state_dict(), setting.weight_bits)
     for layer in (model[0], model[3], model[7]):
         for channel in layer.weight.detach():
             assert len(torch.unique(channel)) <= 2**3
@@ -222,7 +211,7 @@ def test_adaptive_alone_switches_on_asam(cfg):
 
 def test_fgsm_and_pgd_together_are_refused():
     with pytest.raises(ConfigError, match="FGSM.use.*PGD.use"):
-        resolve({"recovery.adversarial.FGSM.use": True, "recovery.adversarial.PGD.use": True})
+        load({"recovery.adversarial.FGSM.use": True, "recovery.adversarial.PGD.use": True})
 
 
 def test_seed_qat_key_is_an_alias():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import experiment
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -16,9 +15,10 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from helpers import experiment
 
-from analogai_fl.config import ConfigError, resolve
-from clients.msnat_client import DATA_ROOT_KEY, node_data
+from analogai_fl.config import resolve
+from analogai_fl.errors import ConfigError
 from strategies.dispatch import RoundFailed
 from strategies.msnat import MSNATStrategy
 from strategies.retry import RetryingGrid
@@ -191,10 +191,3 @@ def test_retry_keys_are_typed_settings():
             exp.federation.inject_failure) == (3, 12.5, (2, 4))
     with pytest.raises(ConfigError, match="federation.retries.*>= 0"):
         resolve({"federation.retries": -1})
-
-
-def test_a_node_reads_its_data_from_its_own_node_config(tmp_path):
-    data = experiment(**{"data.root": "/server/path"}).data
-    assert node_data(data, {}) is data  # simulation: the run's data.root
-    mine = node_data(data, {DATA_ROOT_KEY: str(tmp_path), "partition-id": 0})
-    assert mine.root == tmp_path.resolve() and mine.name == data.name

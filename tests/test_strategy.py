@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from conftest import experiment
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -10,6 +9,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from helpers import experiment
 
 from analogai_fl.wire import join_models, split_models
 from strategies import BUILT_INS, build_strategy
@@ -155,11 +155,13 @@ def test_proximal_mu_follows_feedback_loops_or_fedprox():
 
 
 def test_unknown_strategy_lists_the_valid_ones():
-    from analogai_fl.config import ConfigError, resolve
+    from analogai_fl.errors import ConfigError
+    from analogai_fl.settings import load
+
     with pytest.raises(ConfigError, match="strategy.name.*'msnat', 'fedavg'.*got 'krum'"):
-        resolve({"strategy.name": "krum"})
+        load({"strategy.name": "krum"})
     with pytest.raises(ConfigError, match="FI off runs only with strategy.name=msnat"):
-        resolve({"strategy.name": "fedadam", "training.use_fl": False})
+        load({"strategy.name": "fedadam", "training.use_fl": False})
 
 
 # --- state that is not a trainable parameter; server state; non-finite replies -------------

@@ -4,9 +4,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import NAMES, build, local_training
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from analogai_fl import config
 from analogai_fl.training import (
     Feedback,
     LocalTraining,
@@ -14,6 +16,7 @@ from analogai_fl.training import (
     TrainingDiverged,
     accuracy,
     feedback_logits,
+    make_optimizer,
     msnat_loss,
     proximal_term,
     train_local,
@@ -140,3 +143,29 @@ def test_training_loader_is_seeded():
     first = [y.tolist() for _, y in training_loader(data, 4, seed=1)]
     assert first == [y.tolist() for _, y in training_loader(data, 4, seed=1)]
     assert [len(y) for y in first] == [4, 4, 2]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_msnat_step_trains_every_parameter_and_batchnorm_statistics(name):
+    model = build(name).train()
+    setting = local_training(config.defaults() | {"training.use_neg": True}, 0.1,
+                                        0.0)
+    assert setting.feedback is not None and setting.sigma > 0
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    norms = {n: (m.running_mean.clone(), m.running_var.clone())
+             for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    optimizer = make_optimizer(model, setting)
+    x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
+    loss, z0 = msnat_loss(model, x, y, setting, torch.Generator().manual_seed(0))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss) and z0.shape == (4, 10)
+    for n, p in model.named_parameters():
+        assert not torch.equal(p, params[n]), f"{n} did not change"
+    for n, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            mean, var = norms[n]
+            assert not torch.equal(m.running_mean, mean) and not torch.equal(m.running_var, var)
+            assert m.num_batches_tracked.item() > 0
+    assert (len(norms) > 0) == (name in {"vgg8", "resnet18", "mobilenetv2"})

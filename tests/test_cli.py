@@ -1,163 +1,23 @@
-"""Device models, tile choice and `analogai-fl infer` on checkpoints of a tiny in-process run."""
+"""The `analogai-fl` commands (`analogai_fl.cli`): `infer` on checkpoints of a tiny
+in-process run, the summary `check` prints, and `ablate`'s own argument checks.
+
+That every command runs the configuration checks before any work is in test_checks.py; the
+ablation itself in test_ablation.py.
+"""
 
 import csv
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
+from helpers import run_cli
 
-from analogai_fl import analog, cli, config, schema, tiles
+from analogai_fl import cli, config
 from analogai_fl.models import build_model
 from analogai_fl.outputs import RunFolder
 from analogai_fl.settings import Experiment
-from analogai_fl.training import accuracy
-
-TIMES = [1.0, 31536000.0]
-
-
-def protocol(**keys):
-    return Experiment.from_config(config.defaults() | keys).evaluation.protocol
-
-
-# --- device models ---------------------------------------------------------------------------
-
-def test_ideal_device_without_converters_or_noise_is_the_digital_model(trained, digits):
-    proto = dataclasses.replace(protocol(**{"inference.platform.aihwkit.device": "ideal"}),
-                                dac_bits=0, adc_bits=0, out_noise=0.0)
-    result = analog.drift_accuracy(trained, digits.test, proto, TIMES, repeats=2, seed=0)
-    clean = accuracy(trained, digits.test)
-    assert [e["mean"] for e in result.values()] == [clean, clean]
-
-
-def test_ideal_device_keeps_the_protocols_forward_noise(trained, digits):
-    proto = protocol(**{"inference.platform.aihwkit.device": "ideal",
-                        "inference.platform.aihwkit.n_w": 0.3})
-    noisy = analog.drift_accuracy(trained, digits.test, proto, [1.0], repeats=1, seed=0)
-    assert noisy["1s"]["mean"] < accuracy(trained, digits.test) - 0.02
-
-
-def test_pcm_drift_costs_more_accuracy_without_drift_compensation(trained, digits):
-    def drop(gdc: bool) -> float:
-        proto = protocol(**{"inference.protocols.realistic.drift_compensation": gdc})
-        r = analog.drift_accuracy(trained, digits.test, proto, TIMES, repeats=2, seed=0)
-        return r["1s"]["mean"] - r["1y"]["mean"]
-
-    assert drop(gdc=False) > drop(gdc=True) + 0.05
-
-
-def test_reram_converts_and_evaluates_at_its_measured_times(trained, digits):
-    from aihwkit.inference import ReRamWan2022NoiseModel
-    times = list(schema.RERAM_DRIFT_TIMES)  # the only times the installed aihwkit fits
-    assert times == sorted(ReRamWan2022NoiseModel(g_max=analog.RERAM_G_MAX).coeff_dic)
-    proto = protocol(**{"inference.platform.aihwkit.device": "ReRAM",
-                        "inference.drift_times": times, "inference.reram.noise_scale": 2.0})
-    assert proto.reram_noise_scale == 2.0
-    rpu = analog.rpu_config(proto)
-    assert type(rpu.noise_model).__name__ == "ReRamWan2022NoiseModel"
-    assert rpu.noise_model.g_max == analog.RERAM_G_MAX and rpu.noise_model.noise_scale == 2.0
-    result = analog.drift_accuracy(trained, digits.test, proto, times, repeats=2, seed=0)
-    assert list(result) == ["1s", "1d", "2d"]
-    assert all(0.5 < e["mean"] <= 1.0 for e in result.values())
-
-
-def test_reram_refuses_drift_times_it_has_no_data_for():
-    with pytest.raises(config.ConfigError, match="inference.drift_times.*ReRAM.*3600"):
-        protocol(**{"inference.platform.aihwkit.device": "ReRAM"})  # default times: 1 h, 1 y
-
-
-def test_the_three_devices_program_different_weights(trained):
-    programmed = {}
-    for device in schema.DEVICES:
-        times = {"inference.drift_times": [1.0]} if device == "ReRAM" else {}
-        proto = protocol(**{"inference.platform.aihwkit.device": device, **times})
-        torch.manual_seed(0)
-        model = analog.to_analog(trained, proto)
-        model.program_analog_weights()
-        model.drift_analog_weights(1.0)
-        tile = next(model.analog_tiles())
-        programmed[device] = tile.tile.get_weights().clone()
-    reference = next(analog.to_analog(trained, protocol()).analog_tiles()).tile.get_weights()
-    assert torch.allclose(programmed["ideal"], reference, atol=1e-6)
-    for device in ("PCM", "ReRAM"):
-        assert not torch.allclose(programmed[device], reference, atol=1e-3)
-    assert not torch.allclose(programmed["PCM"], programmed["ReRAM"], atol=1e-3)
-
-
-# --- tiles -----------------------------------------------------------------------------------
-
-def test_tile_key_picks_the_rpu_config_class_and_both_evaluate(trained, digits):
-    configs = {t: analog.rpu_config(protocol(**{"inference.tile": t})) for t in ("cpp", "torch")}
-    assert type(configs["cpp"]) is InferenceRPUConfig
-    assert isinstance(configs["torch"], TorchInferenceRPUConfig)
-    assert configs["torch"].simulator_tile_class is tiles.CppMatchingTorchTile
-    for tile, rpu in configs.items():
-        assert rpu.forward.w_noise == 0.0
-        proto = protocol(**{"inference.tile": tile, "inference.platform.aihwkit.n_w": 0.05})
-        model = analog.to_analog(trained, proto)
-        assert type(next(model.analog_tiles()).rpu_config) is type(rpu)
-        r = analog.drift_accuracy(trained, digits.test, proto, [1.0], repeats=1, seed=0)
-        assert r["1s"]["mean"] > 0.7, tile
-
-
-def test_aihwkits_own_torch_tile_refuses_n_w_which_ours_simulates():
-    from aihwkit.exceptions import ConfigError
-    from aihwkit.simulator.tiles.torch_tile import TorchSimulatorTile
-
-    rpu = analog.rpu_config(protocol(**{"inference.platform.aihwkit.n_w": 0.1}))
-    with pytest.raises(ConfigError, match="w_noise"):
-        TorchSimulatorTile(4, 2, rpu)
-    tiles.CppMatchingTorchTile(4, 2, rpu)
-
-
-@pytest.mark.parametrize("one_pass", [False, True])
-def test_n_w_sweep_uses_the_same_device_draws_for_every_n_w(trained, digits, monkeypatch,
-                                                            one_pass):
-    seen = []  # the first tile's drifted weights at each evaluation (or state taken)
-    if one_pass:
-        take = analog.tile_state
-
-        def spy(model):
-            seen.append(next(model.analog_tiles()).tile.get_weights().clone())
-            return take(model)
-
-        monkeypatch.setattr(analog, "tile_state", spy)
-    else:
-        evaluate = analog.analog_accuracy
-
-        def spy(model, data, batch_size):
-            seen.append(next(model.analog_tiles()).tile.get_weights().clone())
-            return evaluate(model, data, batch_size)
-
-        monkeypatch.setattr(analog, "analog_accuracy", spy)
-    sweep = analog.n_w_sweep(trained, digits.test, protocol(), [0.0, 0.3], [1.0, 3600.0],
-                             repeats=2, seed=0, one_pass=one_pass)
-    per_n_w = len(seen) // 2
-    assert per_n_w == 4
-    assert all(torch.equal(a, b) for a, b in zip(seen[:per_n_w], seen[per_n_w:]))
-    assert not torch.equal(seen[0], seen[2])  # repeats differ, each its own programming
-    assert sweep[0.3]["1s"]["mean"] < sweep[0.0]["1s"]["mean"]
-    assert sweep[0.0] == analog.drift_accuracy(trained, digits.test, protocol(), [1.0, 3600.0],
-                                             2, 0, one_pass=one_pass)
-
-
-# --- --run-config parsing --------------------------------------------------------------------
-
-def test_run_config_string_is_parsed_like_flwr_run():
-    parsed = config.parse_run_config("inference.repeats=5 inference.drift_times='1,86400' "
-                                     "inference.platform.aihwkit.device=\"ReRAM\" "
-                                     "inference.protocols.realistic.drift_compensation=false")
-    assert parsed == {"inference.repeats": 5, "inference.drift_times": "1,86400",
-                      "inference.platform.aihwkit.device": "ReRAM",
-                      "inference.protocols.realistic.drift_compensation": False}
-    assert config.parse_run_config("") == {}
-    for bad in ("inference.repeats", "inference.repeats=", "x=[1,"):
-        with pytest.raises(config.ConfigError, match="--run-config"):
-            config.parse_run_config(bad)
-
 
 # --- analogai-fl infer -----------------------------------------------------------------------
 
@@ -301,3 +161,36 @@ def test_a_run_folder_of_an_earlier_version_still_loads(run, tmp_path):
     assert cli.main(["infer", str(old / "checkpoints" / "round_0001.pt"), "--no-sweep",
                      "--run-config", "inference.repeats=1 inference.drift_times='1'"]) == 0
     assert read_csv(old / "infer" / "round_0001" / "drift.csv")[0]["drift"] == "1s"
+
+
+# --- analogai-fl check and ablate -----------------------------------------------------------
+
+def test_check_prints_what_flwr_run_would_run(capsys):
+    code, out, _ = run_cli(capsys, "check", "--run-config",
+                           "training.rounds=3 strategy.name='fedadam'")
+    assert code == 0
+    assert "lenet on digits" in out and "strategy fedadam" in out and "3 rounds" in out
+    assert "changed from the defaults: training.rounds=3, strategy.name='fedadam'" in out
+    assert "sent again up to 2 time(s), reply timeout Flower's" in out
+    _, out, _ = run_cli(capsys, "check", "--run-config", "federation.retries=0 "
+                        "federation.reply_timeout=30 federation.inject_failure='2:1'")
+    assert "up to 0 time(s), reply timeout 30 s, injected failure round 2, level 1" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--arms", "vanilla,nope"], "unknown arm(s) ['nope']"),
+    (["--arms", "hwa_compute"], "add it"),
+    (["--run-config", "ablation.n_w_columns='0.12'"], "does not measure"),
+    (["--run-config", "training.rounds=0"], "training.rounds"),
+    (["--seeds", "x"], "comma-separated integers"),
+])
+def test_ablate_command_refuses_bad_input_before_training(args, message, tmp_path, capsys):
+    from analogai_fl.cli import main
+
+    try:
+        code = main(["ablate", "--out", str(tmp_path / "out"), *args])
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained

@@ -1,0 +1,76 @@
+"""The official IDX files of MNIST and Fashion-MNIST where a distribution put them, e.g.
+Debian's dataset-fashion-mnist (`analogai_fl.idx`, read through `load_data`): plain or
+gzipped, in a read-only folder, wrong or truncated files named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import N_TEST, N_TRAIN, image_id, load_data, tiny_cfg, write_idx_folder
+
+from analogai_fl import config
+from analogai_fl.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("fresh_caches")
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_a_folder_of_official_idx_files_loads_without_being_written(tmp_path, gzipped):
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    written = write_idx_folder(folder, gzipped)
+    before = sorted(p.name for p in folder.iterdir())
+    folder.chmod(0o555)  # read-only, as /usr/share is for normal users
+    try:
+        splits = load_data(tiny_cfg("fashionmnist", folder, **{"data.image_size": 28}))
+    finally:
+        folder.chmod(0o755)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert len(splits.train) + len(splits.val) == N_TRAIN and len(splits.test) == N_TEST
+    assert torch.equal(splits.test.labels, torch.as_tensor(written["test_y"], dtype=torch.long))
+    assert image_id(splits.test[3][0], splits) == N_TRAIN + 3  # the images in file order
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated or wrong file"),
+    (lambda p: p.write_bytes(b"\x00\x00\x0d\x03" + p.read_bytes()[4:]), "type 0x0d"),
+])
+def test_a_wrong_or_truncated_idx_file_is_named(tmp_path, damage, message):
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    write_idx_folder(folder, gzipped=False)
+    damage(folder / "t10k-images-idx3-ubyte")
+    with pytest.raises(ConfigError, match=f"t10k-images-idx3-ubyte.*{message}"):
+        load_data(tiny_cfg("fashionmnist", folder))
+
+
+def test_a_truncated_gzip_archive_is_named(tmp_path):
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    write_idx_folder(folder, gzipped=True)
+    archive = folder / "train-labels-idx1-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:20])
+    with pytest.raises(ConfigError, match="train-labels-idx1-ubyte.gz' cannot be read"):
+        load_data(tiny_cfg("fashionmnist", folder))
+
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_the_real_fashion_mnist_from_debians_package():
+    """End to end on the real files (.ci/run installs dataset-fashion-mnist; outside CI the
+    test is skipped where the package is not installed)."""
+    import os
+    if not DEBIAN_FASHION_MNIST.is_dir() and not os.environ.get("CI"):
+        pytest.skip("apt-get install dataset-fashion-mnist to run this test")
+    cfg = config.defaults() | {"data.name": "fashionmnist",
+                               "data.root": str(DEBIAN_FASHION_MNIST)}
+    splits = load_data(cfg)
+    assert len(splits.train) + len(splits.val) == 60_000 and len(splits.test) == 10_000
+    labels = torch.cat([splits.train.labels, splits.val.labels])
+    assert torch.bincount(labels).tolist() == [6000] * 10  # ten classes of equal size
+    assert torch.bincount(splits.test.labels).tolist() == [1000] * 10
+    assert splits.in_channels == 1 and splits.train[0][0].shape == (1, 32, 32)
+    assert 0.27 < splits.mean[0] < 0.30  # Fashion-MNIST's published pixel mean is 0.286
