@@ -5,13 +5,13 @@ speed, not robustness.)
 Each MSNAT-family arm is a real `flwr run` (clean validation accuracy every round, no analog
 evaluation); aihwkit's HWA is trained in-process with the same epochs and measured on the
 validation split after every epoch (its analog model in eval mode: output noise and
-converters on, no weight modifier). One seed. Usage:
+converters on, no weight modifier). One seed (the run config's `seed`). Example:
 
-    python benchmarks/convergence.py [--conf FILE] [--arms vanilla,msnat,hwa]
-                                     [--run-config "..."] [--out DIR]
+    python benchmarks/convergence.py --arms vanilla,msnat_no_fl,hwa --run-config "seed=1"
 
 Prints one row per round/epoch and, last, each arm's gain over its final quarter of rounds
-(in points of validation accuracy); writes convergence.csv and convergence.png to --out.
+(in points of validation accuracy): `gain over the last quarter of rounds (points): vanilla
++X.X, ...`; writes convergence.csv and convergence.png to --out.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 
 from analogai_fl import ablation, hwa
-from analogai_fl.checks import check_experiment
-from analogai_fl.config import CONF_KEY, DEFAULT_CONF, parse_run_config, resolve
+from analogai_fl.checks import prepare
+from analogai_fl.config import parse_run_config
 from analogai_fl.data import load_data
 from analogai_fl.flwr_cli import completed_run, run_config_string
 from analogai_fl.reporting import percent, pyplot
+from analogai_fl.schema import CONF_KEY, DEFAULT_CONF
 from analogai_fl.settings import Experiment
 from analogai_fl.training import accuracy
 
@@ -58,17 +59,34 @@ def hwa_curve(exp: Experiment) -> list[float]:
     return curve
 
 
+# The ablation's arms that have a curve here: its flwr arms and HWA with the same epochs
+# (hwa_compute is the same training, longer).
+CURVE_ARMS = tuple(name for name in ablation.ARM_NAMES if name != "hwa_compute")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--conf", default=DEFAULT_CONF)
-    parser.add_argument("--arms", default="vanilla,msnat,hwa")
-    parser.add_argument("--run-config", default="")
-    parser.add_argument("--out", default=None)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conf", default=DEFAULT_CONF, metavar="FILE",
+                        help="the experiment's conf file (default: %(default)s)")
+    parser.add_argument("--arms", default="vanilla,msnat,hwa", metavar="ARM,...",
+                        help="comma-separated arms, of " + ", ".join(CURVE_ARMS)
+                        + " (default: %(default)s)")
+    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+                        help="overrides of the conf file, as for flwr run --run-config, "
+                        "e.g. \"seed=1 training.rounds=60\"")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for the runs, convergence.csv and convergence.png "
+                        "(default: a new temporary folder)")
     args = parser.parse_args()
+    unknown = sorted(set(args.arms.split(",")) - set(CURVE_ARMS))
+    if unknown:
+        parser.error(f"--arms: unknown {', '.join(unknown)}; expected some of "
+                     + ", ".join(CURVE_ARMS))
     overrides = parse_run_config(args.run_config)
-    exp = Experiment.from_config(resolve({CONF_KEY: args.conf} | overrides))
-    check_experiment(exp)
-    out = Path(args.out or tempfile.mkdtemp(prefix="convergence-"))
+    exp = prepare({CONF_KEY: args.conf} | overrides).exp
+    # absolute: flwr run's output.dir is relative to the local SuperLink's directory
+    out = Path(args.out or tempfile.mkdtemp(prefix="convergence-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     curves: dict[str, list[float]] = {}
     for name in args.arms.split(","):

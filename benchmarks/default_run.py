@@ -2,12 +2,17 @@
 
 Memory is the peak over time of the summed proportional set size (PSS, shared libraries
 split fairly) of every process that belongs to the run: the local SuperLink, Ray and its
-workers, the ServerApp and the ClientApps. Usage:
-    python benchmarks/default_run.py ["training.rounds=2 ..."]
+workers, the ServerApp and the ClientApps (Linux: read from /proc). Example:
+
+    python benchmarks/default_run.py --run-config "training.rounds=2"
+
+Prints the run's final table and, last, `wall time: X.X s   peak memory (PSS, all run
+processes): Y.YY GiB`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -37,11 +42,17 @@ def pss_of_run_kib() -> int:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+                        help="overrides of conf/default.yaml, passed to flwr run --run-config "
+                        "(default: none, the default experiment)")
+    args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
     env = flwr_env()
     command = [str(bin_dir / "flwr"), "run", ".", "--stream"]
-    if len(sys.argv) > 1:
-        command += ["--run-config", sys.argv[1]]
+    if args.run_config:
+        command += ["--run-config", args.run_config]
     peak, done = 0, threading.Event()
 
     def sample() -> None:

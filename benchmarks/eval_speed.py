@@ -1,13 +1,12 @@
 """Evaluation speed: analog (aihwkit) vs digital evaluation, C++ tile vs torch tile, and the
-share of a default round spent in evaluation. A benchmark, not a test: run it by hand.
+share of a default round spent in evaluation. A benchmark, not a test: run it by hand, e.g.
 
-    python benchmarks/eval_speed.py [--threads N] [--runs N] [--resnet-images N] [--no-round]
-                                    [--device cpu|cuda]
+    python benchmarks/eval_speed.py --threads 1 --repeats 2
 
 1. One pass: the same images through the digital model and through its analog copy
    (programmed, drifted to 1 h, the default `realistic` protocol with PCM and GDC), for LeNet
    on the digits test split and ResNet-18 (`build_model("resnet18", 3, 10, 32)`) on random
-   32x32 inputs. Best of --runs.
+   32x32 inputs. Best of --repeats.
 2. Whole evaluation: `analog.drift_accuracy` as the ServerApp calls it (convert once, then
    3 repeats x 4 drift times: programming, drift, compensation) on the C++ tile, on the
    torch tile with one pass per weight state (as before `inference.one_pass`) and with all
@@ -17,7 +16,7 @@ share of a default round spent in evaluation. A benchmark, not a test: run it by
    forwards per batch), timed in-process with `training.train_local`, against the
    Evaluator's evaluation of the resulting model (clean test + validation + PCM 3 x 4).
 
-The machine may be shared: every figure is a minimum over runs, and the load average is
+The machine may be shared: every figure is a minimum over --repeats, and the load average is
 printed with the tables. The last line reads
 `full PCM eval / 12 digital passes: LeNet X.Xx, ResNet-18 Y.Yx` (torch tile, one pass).
 """
@@ -36,10 +35,10 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import TensorDataset
 
-from analogai_fl import analog, config
+from analogai_fl import analog
 from analogai_fl.data import load_data
-from analogai_fl.models import build_model
-from analogai_fl.settings import Experiment
+from analogai_fl.models import build_model, model_for
+from analogai_fl.settings import Experiment, load
 from analogai_fl.training import accuracy, train_local
 
 TILES = ("cpp", "torch")
@@ -107,11 +106,11 @@ def whole_evaluation(model, data, exp: Experiment, runs, device) -> dict[str, fl
 def default_round(exp: Experiment, runs) -> dict[str, float]:
     data = load_data(exp.data)
     torch.manual_seed(exp.seed)
-    global_model = build_model(exp.model, data.in_channels, data.num_classes, data.image_size)
+    global_model = model_for(exp.model, data.shape)
     started = time.perf_counter()
     for k in range(exp.clients):
         setting = exp.local_training(k, exp.client_mu())
-        train_local(copy.deepcopy(global_model), data.train, setting, seed=k)
+        train_local(copy.deepcopy(global_model), data.train, setting, exp.seed, noise_index=k)
     result = {"train": time.perf_counter() - started}
     evaluation = exp.evaluation
     batch = evaluation.batch_size
@@ -134,18 +133,29 @@ def ratio(a: float, b: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    parser.add_argument("--runs", type=int, default=3, help="best of N runs per figure")
-    parser.add_argument("--resnet-images", type=int, default=64)
-    parser.add_argument("--no-round", action="store_true", help="skip the default round")
-    parser.add_argument("--device", default="cpu", help="torch device of the whole "
-                        "evaluation (cuda: the torch tile only)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="torch threads (default: 0, torch's own choice)")
+    parser.add_argument("--repeats", dest="runs", type=int, default=3, metavar="N",
+                        help="time each figure N times and keep the best (the whole PCM "
+                        "evaluations and the default round: max(1, N // 2) times; default: "
+                        "%(default)s). Not the Monte-Carlo repeats of a PCM evaluation, "
+                        "which stay inference.repeats")
+    parser.add_argument("--resnet-images", type=int, default=64, metavar="N",
+                        help="random 32x32 images for ResNet-18 (default: %(default)s)")
+    parser.add_argument("--no-round", action="store_true",
+                        help="skip part 3, the default round")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help="torch device of the whole evaluation, e.g. cpu, cuda, cuda:1 "
+                        "(cuda: the torch tile only; default: %(default)s)")
     args = parser.parse_args()
+    if args.runs < 1 or args.resnet_images < 1 or args.threads < 0:
+        parser.error("--repeats and --resnet-images must be at least 1, --threads at least 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(width=140, markup=False, highlight=False)
-    exp = Experiment.from_config(config.resolve({}))
+    exp = load({})
     proto, batch = exp.evaluation.protocol, exp.evaluation.batch_size
     digits = load_data(exp.data)
     torch.manual_seed(0)

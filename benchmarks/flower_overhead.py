@@ -10,7 +10,7 @@ last table shows both). Each process prints the Evaluator's "[round r/N]" line; 
 benchmark timestamps those lines as they arrive (`flwr run --stream` relays the ServerApp's
 log, so its times are those of the relay, within about a second).
 
-    python benchmarks/flower_overhead.py [--rounds 6] [--run-config "..."] [--no-breakdown]
+    python benchmarks/flower_overhead.py --rounds 6
 
 Prints start-up (launch to round 0 evaluated), first-round and steady per-round times of
 each; its last line reads `per-round ratio flwr/plain: X.XX; start-up excess: Y.Y s`
@@ -57,39 +57,35 @@ def plain_loop(rounds: int, overrides: dict, out: Path) -> None:
     import torch
     from flwr.app import ArrayRecord
 
-    from analogai_fl.config import dump_yaml, resolve
-    from analogai_fl.data import load_data
-    from analogai_fl.models import build_model
+    from analogai_fl.checks import prepare
+    from analogai_fl.config import dump_yaml
+    from analogai_fl.models import model_for
     from analogai_fl.outputs import RunFolder
     from analogai_fl.partitions import client_dataset
     from analogai_fl.server_app import Evaluator
-    from analogai_fl.settings import Experiment
+    from analogai_fl.streams import generator, seed_for
     from analogai_fl.training import accuracy, train_local
-    from clients.msnat_client import client_seed
     from strategies.fusion import fuse
 
-    cfg = resolve(overrides | {"training.rounds": rounds, "output.dir": str(out)})
-    exp = Experiment.from_config(cfg)
+    prepared = prepare(overrides | {"training.rounds": rounds, "output.dir": str(out)})
+    exp, data = prepared.exp, prepared.data
     if exp.strategy.name != "msnat" or not exp.fused:
         raise SystemExit("the plain loop reproduces the msnat strategy with FI on only")
-    data = load_data(exp.data)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(exp.seed)
-        global_model = build_model(exp.model, data.in_channels, data.num_classes,
-                                   data.image_size)
+        torch.manual_seed(seed_for(exp.seed, "init"))
+        global_model = model_for(exp.model, data.shape)
     state = global_model.state_dict()
-    evaluator = Evaluator(exp, RunFolder.create(exp.output, dump_yaml(cfg)), data, 0)
+    evaluator = Evaluator(exp, RunFolder.create(exp.output, dump_yaml(exp.config)), data, 0)
     evaluator(0, ArrayRecord(state))
     for r in range(1, rounds + 1):
         replies = []
         for k in range(exp.clients):
-            model = build_model(exp.model, data.in_channels, data.num_classes, data.image_size)
+            model = model_for(exp.model, data.shape)
             model.load_state_dict(state)
             setting = exp.local_training(k, exp.client_mu())
-            seed = client_seed(exp.seed, r, k)
-            train_local(model, client_dataset(data, exp.data, k), setting, seed,
-                        pixel_stats=(data.mean, data.std))
-            noise_gen = torch.Generator().manual_seed(seed + 1)
+            train_local(model, client_dataset(data, exp.data, k), setting, exp.seed,
+                        pixel_stats=(data.mean, data.std), server_round=r, noise_index=k)
+            noise_gen = generator(exp.seed, "client-evaluation", r, k)
             accuracy(model, data.val, exp.evaluation.batch_size, "cpu", setting.sigma,
                      setting.noise_c, noise_gen, setting.weight_bits)
             replies.append(ArrayRecord({n: t.detach() for n, t in model.state_dict().items()}))
@@ -114,9 +110,8 @@ PIECES = {  # label: code run in a fresh interpreter (its wall time is the figur
     "flwr CLI import": "import flwr.cli.app",
     "ServerApp module import (torch, flwr, aihwkit, sklearn)": "import analogai_fl.server_app",
     "ClientApp module import (torch, flwr, sklearn)": "import clients.msnat_client",
-    "digits data loading (after imports)": "import time; from analogai_fl.config import "
-    "resolve; from analogai_fl.settings import Experiment; from analogai_fl.data import "
-    "load_data; e = Experiment.from_config(resolve({})); t = time.perf_counter(); "
+    "digits data loading (after imports)": "import time; from analogai_fl.settings import "
+    "load; from analogai_fl.data import load_data; e = load({}); t = time.perf_counter(); "
     "load_data(e.data); print(time.perf_counter() - t)",
 }
 
@@ -150,13 +145,23 @@ def summary(times: dict[int, float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--run-config", default="")
-    parser.add_argument("--plain", metavar="OUT", help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=6, metavar="N",
+                        help="rounds of each run, at least 3: steady rounds are 2..N "
+                        "(default: %(default)s)")
+    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+                        help="overrides of conf/default.yaml for both runs, as for flwr run "
+                        "--run-config (the plain loop needs strategy msnat with FI on)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for both runs' folders and the private FLWR_HOME "
+                        "(default: a new temporary folder)")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the start-up pieces (imports, data, Ray) table")
+    parser.add_argument("--plain", metavar="OUT", help=argparse.SUPPRESS)  # the plain loop
     args = parser.parse_args()
+    if not args.plain and args.rounds < 3:
+        parser.error("--rounds must be at least 3 (steady rounds are 2..N)")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from analogai_fl.config import parse_run_config
     from analogai_fl.flwr_cli import BIN, PROJECT_DIR, flwr_env, stop_local_superlink
@@ -165,9 +170,9 @@ def main() -> None:
     if args.plain:
         plain_loop(args.rounds, overrides, Path(args.plain))
         return
-    if args.rounds < 3:
-        raise SystemExit("--rounds must be at least 3 (steady rounds are 2..N)")
-    out = Path(tempfile.mkdtemp(prefix="flower-overhead-"))
+    out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(
+        prefix="flower-overhead-"))
+    out.mkdir(parents=True, exist_ok=True)
     home = out / "flwr_home"
     env = flwr_env({"FLWR_HOME": str(home)})
     run_config = f"{args.run_config} training.rounds={args.rounds} output.dir='{out / 'flwr'}'"
