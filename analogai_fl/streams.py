@@ -9,9 +9,10 @@ where they apply, indices such as the round and the noise level (client):
 The derivation is numpy's `SeedSequence` (entropy = [seed, purpose code, number of indices,
 *indices]), whose outputs are statistically independent for distinct inputs (O'Neill's PCG
 seeding; numpy's documentation of `SeedSequence`), unlike seeding several generators with one
-integer or with `seed + 1`: with the same integer, torch's CPU generators for shuffling, weight noise and
-augmentation would draw the same numbers. A purpose's code is the first 4 bytes of the
-SHA-256 of its name, so codes do not depend on the order in which purposes are listed.
+integer or with `seed + 1`: with the same integer, torch's CPU generators for shuffling,
+weight noise and augmentation would draw the same numbers. A purpose's code is the first 4
+bytes of the SHA-256 of its name, so codes do not depend on the order in which purposes are
+listed.
 
 Purposes (`PURPOSES`; any other name is refused, so that a typo cannot alias a stream):
 
