@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import hwa
 from .analog import drift_accuracy, n_w_sweep
-from .checks import evaluation_device, prepare
+from .checks import evaluation_device, model_state, prepare
 from .config import defaults
 from .data import Splits
 from .errors import ConfigError
@@ -30,7 +31,7 @@ from .flwr_cli import completed_run, run_config_string
 from .models import deployed_model
 from .outputs import RunFolder
 from .reporting import drift_label, write_ablation
-from .schema import CONF_KEY
+from .schema import ARM_NAMES, CONF_KEY
 from .settings import Experiment
 from .training import accuracy
 
@@ -43,20 +44,28 @@ class Arm:
 
 
 def arms(exp: Experiment) -> dict[str, Arm]:
-    """The arms, each as the overrides of its `flwr run` (written, not read, keys)."""
+    """The arms, each as the overrides of its `flwr run` (written, not read, keys). The
+    `_analog` arms train under the chip's forward (`training.noise_model=analog`); vanilla
+    trains without any noise whatever the noise model."""
     one_client = {"training.client_num_in_total": 1, "training.use_neg": False,
                   "training.use_fl": True}
+    single = one_client | {"recovery.noise_0.act_inject.sigma": exp.single_sigma}
+    analog = {"training.noise_model": "analog"}
+    chip = " on the chip's noise" if exp.training.chip is not None else ""
+    msnat = ("MSNAT" if exp.fused and exp.feedback else
+             f"MSNAT as configured (FI {_on(exp.fused)}, FL {_on(exp.feedback)})")
     return {
         "vanilla": Arm("vanilla (no noise)", "flwr",
-                       one_client | {"recovery.noise_0.act_inject.sigma": 0.0}),
-        "noise_injection": Arm(f"noise injection (sigma {exp.single_sigma:g})", "flwr",
-                               one_client | {"recovery.noise_0.act_inject.sigma":
-                                             exp.single_sigma}),
-        "msnat_no_fi": Arm("MSNAT w/o FI", "flwr", {"training.use_fl": False}),
-        "msnat_no_fl": Arm("MSNAT w/o FL", "flwr", {"training.use_neg": False}),
-        "msnat": Arm("MSNAT" if exp.fused and exp.feedback else
-                     f"MSNAT as configured (FI {_on(exp.fused)}, FL {_on(exp.feedback)})",
-                     "flwr", {}),
+                       one_client | {"recovery.noise_0.act_inject.sigma": 0.0,
+                                     "training.noise_model": "weight"}),
+        "noise_injection": Arm(f"noise injection{chip} (sigma {exp.single_sigma:g})", "flwr",
+                               single),
+        "noise_injection_analog": Arm(f"noise injection on the chip's noise (sigma "
+                                      f"{exp.single_sigma:g})", "flwr", single | analog),
+        "msnat_no_fi": Arm(f"MSNAT w/o FI{chip}", "flwr", {"training.use_fl": False}),
+        "msnat_no_fl": Arm(f"MSNAT w/o FL{chip}", "flwr", {"training.use_neg": False}),
+        "msnat": Arm(msnat + chip, "flwr", {}),
+        "msnat_analog": Arm(f"{msnat} on the chip's noise", "flwr", analog),
         "hwa": Arm("aihwkit HWA (same epochs)", "hwa"),
         "hwa_compute": Arm("aihwkit HWA (same compute as MSNAT)", "hwa"),
     }
@@ -66,8 +75,12 @@ def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-ARM_NAMES = ("vanilla", "noise_injection", "msnat_no_fi", "msnat_no_fl", "msnat", "hwa",
-             "hwa_compute")
+MODELS_DIR = "models"  # every arm's final model: <arm>-seed<seed>.pt, a plain state_dict
+
+
+def model_path(out: Path, name: str, seed: int) -> Path:
+    """Where the ablation in `out` keeps arm `name`'s final model of `seed`."""
+    return out / MODELS_DIR / f"{name}-seed{seed}.pt"
 
 
 @dataclass
@@ -127,6 +140,8 @@ def plan(exp: Experiment, overrides: Mapping[str, Any], out: Path, seeds: Sequen
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(table)}")
+    if exp.ablation_pretrained and "vanilla" not in names:
+        names = ["vanilla", *names]  # the pre-training of every other arm
     runs = []
     for seed in seeds:
         base = prepare({CONF_KEY: exp.conf} | dict(overrides) | {"seed": seed})
@@ -165,12 +180,16 @@ def _unfinished_run(name: str, seed: int, out: Path) -> Path | None:
     return None
 
 
-def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None) -> Trained:
-    """One `flwr run` of the planned run config; returns its final model (with FI off, the
-    one of the K with the best validation accuracy, as the server's evaluator selects).
-    An interrupted run of this arm and seed in `out` is continued from its last checkpoint
-    (`output.resume`), which gives the same model as an uninterrupted run."""
+def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None,
+                   init: Path | None = None) -> Trained:
+    """One `flwr run` of the planned run config, starting from the weights in `init` if
+    given (`model.init`); returns its final model (with FI off, the one of the K with the
+    best validation accuracy, as the server's evaluator selects). An interrupted run of this
+    arm and seed in `out` is continued from its last checkpoint (`output.resume`), which
+    gives the same model as an uninterrupted run."""
     run_config = dict(run.run_config or {})
+    if init is not None:
+        run_config["model.init"] = str(init)
     unfinished = _unfinished_run(run.name, run.seed, out)
     if unfinished is not None:
         run_config["output.resume"] = str(unfinished)
@@ -190,17 +209,30 @@ def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None) -> Tra
     return Trained(models[best], passes, wall, exp.rounds * exp.local_epochs, note)
 
 
-def train_hwa_arm(run: ArmRun, msnat_passes: int | None) -> Trained:
+def train_hwa_arm(run: ArmRun, msnat_passes: int | None, init: Path | None = None) -> Trained:
     """aihwkit's HWA for the arm's epochs: the experiment's rounds x local epochs, or for
-    'hwa_compute' as many epochs as the seed's 'msnat' arm spent sample passes."""
+    'hwa_compute' as many epochs as the seed's 'msnat' arm spent sample passes (both
+    counted without a shared pre-training); from the weights in `init` if given, else from
+    `model.init` or the seeded fresh model the flwr arms start from."""
     exp, data = run.exp, run.data
     epochs = exp.rounds * exp.local_epochs
     if run.name == "hwa_compute":
         if msnat_passes is None:
             raise ValueError("arm 'hwa_compute' needs the 'msnat' arm (its training cost)")
         epochs = max(1, round(msnat_passes / len(data.train)))
-    model, stats = hwa.train_hwa(exp.model, exp.hwa, data, epochs, exp.seed)
+    start = init or exp.model_init
+    weights = model_state(start, exp, "the HWA arm's start") if start is not None else None
+    model, stats = hwa.train_hwa(exp.model, exp.hwa, data, epochs, exp.seed, init=weights)
     return Trained(model, int(stats["sample_gradients"]), stats["wall_s"], epochs)
+
+
+def save_model(model: nn.Module, path: Path) -> None:
+    """`model`'s state_dict to `path`, written atomically (a plain state_dict: `analogai-fl
+    infer` and `model.init` read it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
 
 
 def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
@@ -294,23 +326,33 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
     done = {(r["arm"], r["seed"]) for r in rows}
     if done:
         progress(f"continuing {out}: {len(done)} (arm, seed) result(s) kept")
-    msnat_passes = {r["seed"]: r["sample_passes"] for r in rows if r["arm"] == "msnat"}
+    passes = {(r["arm"], r["seed"]): r["sample_passes"] for r in rows}
     rendered = False
     for run in runs:
         if (run.name, run.seed) in done:
             continue
         label = run.arm.label
-        progress(f"[seed {run.seed}] training {label} ...")
+        init, pre = None, 0  # the pre-training, where the arms fine-tune vanilla's model
+        if exp.ablation_pretrained and run.name != "vanilla":
+            init, pre = model_path(out, "vanilla", run.seed), passes[("vanilla", run.seed)]
+        progress(f"[seed {run.seed}] training {label}"
+                 f"{' from the vanilla model' if init else ''} ...")
         if run.arm.kind == "flwr":
-            trained = train_flwr_arm(run, out, env)
-            if run.name == "msnat":
-                msnat_passes[run.seed] = trained.sample_passes
+            trained = train_flwr_arm(run, out, env, init)
         else:
-            trained = train_hwa_arm(run, msnat_passes.get(run.seed))
+            msnat = passes.get(("msnat", run.seed))
+            trained = train_hwa_arm(run, None if msnat is None else msnat - pre, init)
+        trained.sample_passes += pre
+        passes[(run.name, run.seed)] = trained.sample_passes
+        if init is not None:
+            trained.note = "; ".join(filter(None, [
+                f"fine-tuned from vanilla ({pre:.3g} of its sample passes)", trained.note]))
+        save_model(trained.model, model_path(out, run.name, run.seed))
         progress(f"[seed {run.seed}] evaluating {label} ...")
         metrics = evaluate(trained.model, run.data, run.base)
         row = {"arm": run.name, "method": label, "seed": run.seed,
                "epochs": trained.epochs, "sample_passes": trained.sample_passes,
+               "pretrained_passes": pre, "model": str(model_path(out, run.name, run.seed)),
                "wall_seconds": round(trained.wall_seconds, 1), "note": trained.note,
                **metrics}
         rows.append(row)

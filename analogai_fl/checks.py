@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from . import models
 from .data import DataNotFoundError, Splits, data_shape, load_data
 from .errors import ConfigError
 from .models import ModelFacts
+from .outputs import read_model_state
 from .partitions import describe_partition
 from .settings import Experiment, load
 
@@ -41,6 +43,18 @@ def model_facts(exp: Experiment) -> ModelFacts:
         raise ConfigError(f"keys 'model.name'={exp.model!r} and 'data.image_size'="
                           f"{exp.data.image_size} do not fit together: "
                           f"{str(err).splitlines()[0]}") from None
+
+
+def model_state(path: Path, exp: Experiment, source: str = "") -> dict[str, torch.Tensor]:
+    """The weights in `path` for the configured model (`outputs.read_model_state`): a run's
+    checkpoint or any plain state_dict of `model.name` at `data.name`'s shape. ConfigError
+    naming the file (after `source`) and the first keys that differ."""
+    shape = data_shape(exp.data)
+    with torch.random.fork_rng(devices=[]):
+        expected = models.model_for(exp.model, shape).state_dict()
+    described = (f"'{exp.model}' ({shape.in_channels} channel(s), {shape.image_size}x"
+                 f"{shape.image_size}, {shape.num_classes} classes; {exp.data.name})")
+    return read_model_state(path, expected, described, source)
 
 
 def min_examples_per_batch(exp: Experiment) -> int:
@@ -63,6 +77,8 @@ def check_experiment(exp: Experiment) -> None:
         analog.rpu_config(protocol)
     hwa.rpu_config(exp.hwa)
     evaluation_device(exp)
+    if exp.model_init is not None:
+        model_state(exp.model_init, exp, "key 'model.init'")
 
 
 def evaluation_device(exp: Experiment) -> torch.device:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from .checks import evaluation_device, prepare
 from .config import parse_run_config
 from .errors import ConfigError
 from .outputs import CHECKPOINT
-from .schema import CONF_KEY
+from .schema import ARM_NAMES, CONF_KEY
 from .settings import Experiment, load
 from .training import TrainingDiverged
 
@@ -92,33 +92,12 @@ def infer_config(checkpoint: Path, conf: str | None, run_config: str) -> dict[st
 
 
 def load_model(checkpoint: Path, exp: Experiment, data) -> Any:
-    """The configured model with the checkpoint's weights, as deployed onto the chip."""
-    import torch
+    """The configured model with the checkpoint's weights, as deployed onto the chip;
+    ConfigError naming the file when it is no checkpoint of that model."""
+    from .checks import model_state
+    from .models import deployed_model
 
-    from .models import deployed_model, model_for
-
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file that is no checkpoint
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CliError(f"'{checkpoint}' is not a checkpoint (torch.load failed: {reason}); "
-                       "expected a state_dict written by RunFolder.save_checkpoint") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
-                                                 for v in state.values()):
-        raise CliError(f"'{checkpoint}' is not a checkpoint: expected a state_dict (names to "
-                       f"tensors), got {type(state).__name__}")
-    expected = model_for(exp.model, data.shape).state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                if k in state and state[k].shape != v.shape]
-    if missing or unexpected or reshaped:
-        problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-                    for label, items in (("missing", missing), ("unexpected", unexpected),
-                                         ("shape (file vs model)", reshaped)) if items]
-        raise CliError(f"'{checkpoint}' does not match the configured model '{exp.model}' "
-                       f"({data.in_channels} channel(s), {data.image_size}x{data.image_size}, "
-                       f"{data.num_classes} classes; {exp.data.name}): {'; '.join(problems)}")
+    state = model_state(checkpoint, exp)
     return deployed_model(exp.model, data.shape, state, exp.training.weight_bits)
 
 
@@ -215,11 +194,11 @@ def run_ablate(args: argparse.Namespace) -> int:
     overrides = parse_run_config(args.run_config)
     conf = {CONF_KEY: str(Path(args.conf).expanduser().resolve())} if args.conf else {}
     exp = load(conf | overrides)
-    names = [a.strip() for a in args.arms.split(",")] if args.arms else list(ablation.ARM_NAMES)
-    unknown = [n for n in names if n not in ablation.ARM_NAMES]
+    names = [a.strip() for a in args.arms.split(",")] if args.arms else list(ARM_NAMES)
+    unknown = [n for n in names if n not in ARM_NAMES]
     if unknown:
         raise CliError(f"--arms: unknown arm(s) {unknown}; known: "
-                       f"{', '.join(ablation.ARM_NAMES)}")
+                       f"{', '.join(ARM_NAMES)}")
     if "hwa_compute" in names and "msnat" not in names:
         raise CliError("--arms: 'hwa_compute' matches the compute of the 'msnat' arm; add it")
     seeds = args.seeds or [exp.seed]
@@ -256,9 +235,10 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=_int_list, metavar="S1,S2,...",
                         help="seeds to repeat the whole ablation with (default: the config's)")
     parser.add_argument("--arms", metavar="A,B,...", help="subset of arms (default: all): "
-                        "vanilla, noise_injection, msnat_no_fi, msnat_no_fl, msnat, hwa, "
-                        "hwa_compute; an arm that would repeat the msnat run (msnat_no_fl "
-                        "when FL is already off) is not trained")
+                        + ", ".join(ARM_NAMES) + "; an arm that would repeat the msnat run "
+                        "(msnat_no_fl when FL is already off) is not trained; with "
+                        "ablation.pretrained=true vanilla is always trained (the "
+                        "pre-training)")
     parser.add_argument("--out", help="results folder (default: <output.dir>/ablation-<time>)")
     parser.set_defaults(handler=run_ablate)
 

@@ -1,6 +1,7 @@
 """Data sets, their train / validation / test splits, and the clients' shares of the training split.
 
-`load_data(settings.DataSettings)` is the entry point. `data.name` picks
+`load_data(DataSettings)` is the entry point (`settings.load` builds the settings);
+`data.name` picks
 
 - ``digits``: scikit-learn's 8x8 digits (ships with the package, so it runs offline), a
   stratified train / val / test split of all 1797 images (`data.val_fraction`,
@@ -56,7 +57,24 @@ from torch.utils.data import Dataset, TensorDataset
 from . import idx
 from .errors import ConfigError
 from .models import DataShape
-from .settings import DataSettings
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which data set, how it is split among the clients (`data.*`, seeded by `seed`)."""
+
+    name: str
+    root: Path  # `~` expanded, absolute
+    download: bool
+    augment: bool
+    val_fraction: float  # fractions of images (0..1), not percent
+    test_fraction: float
+    image_size: int  # pixels per side
+    max_train_examples: int  # 0 = all
+    partition: str
+    alpha: float
+    seed: int
+    clients: int  # K: the partition's number of shares
 
 
 @dataclass(frozen=True)

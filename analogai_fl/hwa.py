@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -121,11 +121,13 @@ def to_digital(analog: nn.Module, template: nn.Module) -> nn.Module:
 
 def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, seed: int,
                  device: torch.device | str = "cpu",
-                 on_epoch: Callable[[int, nn.Module], None] | None = None
+                 on_epoch: Callable[[int, nn.Module], None] | None = None,
+                 init: Mapping[str, torch.Tensor] | None = None
                  ) -> tuple[nn.Module, dict[str, Any]]:
     """HWA training of a fresh `build_model` (init, batch order and the torch tile's noise
     from `streams.seed_for(seed, ...)`: the same initial model as the flwr arms of the same
-    seed); returns the ANALOG model (train mode left on) and the training statistics.
+    seed), or of the weights `init` (a state_dict of that model: fine-tuning a pretrained
+    model); returns the ANALOG model (train mode left on) and the training statistics.
     `on_epoch(epoch, analog)` is called after each epoch (1-based; e.g. a validation
     curve), outside the seeded RNG."""
     if epochs < 1:
@@ -136,6 +138,8 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
     with torch.random.fork_rng(devices=cuda):  # seeded draws, caller's RNG untouched
         torch.manual_seed(seed_for(seed, "init"))  # the flwr arms' initial model too
         model = model_for(model_name, data.shape)
+        if init is not None:
+            model.load_state_dict(init)
         analog = to_analog_trainable(model, hwa, device)
         torch.manual_seed(seed_for(seed, "hwa-noise"))  # the torch tile's training noise
         optimizer = AnalogSGD(analog.parameters(), lr=hwa.lr,
@@ -186,11 +190,13 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
 
 
 def train_hwa(model_name: str, hwa: HWASettings, data: Splits, epochs: int, seed: int,
-              device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+              device: torch.device | str = "cpu",
+              init: Mapping[str, torch.Tensor] | None = None
+              ) -> tuple[nn.Module, dict[str, Any]]:
     """aihwkit HWA training; returns a plain digital `build_model` with the trained weights
     (on CPU, eval mode) and the statistics (wall_s includes the conversion back)."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    analog, stats = train_analog(model_name, hwa, data, epochs, seed, device)
+    analog, stats = train_analog(model_name, hwa, data, epochs, seed, device, init=init)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
         template = model_for(model_name, data.shape)
     digital = merge_grouped_convs(to_digital(analog, split_grouped_convs(template))).eval()

@@ -20,15 +20,25 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import ConfigError
-from .settings import OutputSettings
 
 CHECKPOINT = re.compile(r"round_(\d+)(?:_noise_(\d+))?\.pt")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where a run writes its folder and what it keeps (`output.*`)."""
+
+    dir: Path
+    name: str  # run folder prefix; default: the conf file's name
+    resume: str  # "" = a new run
+    keep_checkpoints: int  # 0 = all
 
 
 def server_state_name(server_round: int) -> str:
@@ -39,6 +49,41 @@ def checkpoint_names(server_round: int, count: int, fused: bool) -> list[str]:
     if fused:
         return [f"round_{server_round:04d}.pt"]
     return [f"round_{server_round:04d}_noise_{k}.pt" for k in range(count)]
+
+
+def read_model_state(path: Path, expected: Mapping[str, torch.Tensor], model: str,
+                     source: str) -> dict[str, torch.Tensor]:
+    """The state_dict in `path` (a run's checkpoint or any plain state_dict), checked
+    against `expected` (the configured model's `state_dict()`, named `model` in messages).
+    Raises ConfigError, starting with `source` (e.g. "key 'model.init'", if any) and naming
+    the file and the first keys that differ, when the file is missing, not a state_dict of
+    tensors, or does not fit the model."""
+    source = f"{source}: " if source else ""
+    if not path.is_file():
+        raise ConfigError(f"{source}'{path}' does not exist (expected a checkpoint such as "
+                          "runs/<run>/checkpoints/round_0015.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a file that is no checkpoint
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{source}'{path}' is not a checkpoint (torch.load failed: "
+                          f"{reason}); expected a state_dict written by "
+                          "RunFolder.save_checkpoint") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        raise ConfigError(f"{source}'{path}' is not a checkpoint: expected a state_dict "
+                          f"(names to tensors), got {type(state).__name__}")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in state and state[k].shape != v.shape]
+    if missing or unexpected or reshaped:
+        problems = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                    for label, items in (("missing", missing), ("unexpected", unexpected),
+                                         ("shape (file vs model)", reshaped)) if items]
+        raise ConfigError(f"{source}'{path}' does not match the configured model {model}: "
+                          f"{'; '.join(problems)}")
+    return dict(state)
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -15,9 +15,8 @@ import warnings
 import numpy as np
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .data import ImageDataset, Splits
+from .data import DataSettings, ImageDataset, Splits
 from .errors import ConfigError
-from .settings import DataSettings
 
 PARTITIONS = ("full", "iid", "dirichlet")
 

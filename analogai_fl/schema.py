@@ -20,6 +20,9 @@ DEVICES = ("PCM", "ReRAM", "ideal")
 PROTOCOLS = ("realistic", "seed")
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 MODEL_NAMES = ("lenet", "mlp", "vgg8", "resnet18", "mobilenetv2")
+# the ablation's arms, in training order (`ablation.arms` defines them)
+ARM_NAMES = ("vanilla", "noise_injection", "noise_injection_analog", "msnat_no_fi",
+             "msnat_no_fl", "msnat", "msnat_analog", "hwa", "hwa_compute")
 STRATEGY_NAMES = ("msnat", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 # ReRamWan2022NoiseModel's measured times (s): the keys of its `coeff_dic` in aihwkit 1.1.0
 # (tests/test_analog.py checks this against the installed aihwkit).
@@ -131,7 +134,10 @@ def _data_keys() -> dict[str, Key]:
 
 def _model_keys() -> dict[str, Key]:
     return {"model.name": Key("lenet", "network (CIFAR-style stems for 32x32 images)",
-                              choices=MODEL_NAMES)}
+                              choices=MODEL_NAMES),
+            "model.init": Key("", "checkpoint the global model (and the HWA arm) starts from: "
+                              "a run's round_NNNN.pt or any plain state_dict of the "
+                              "configured model ('' = a fresh init seeded by seed)")}
 
 
 def _training_keys() -> dict[str, Key]:
@@ -161,6 +167,36 @@ def _training_keys() -> dict[str, Key]:
                                       minimum=0.0),
         "training.feedback.temperature": Key(4.0, "loss = CE(z / temperature)", minimum=0.0,
                                              above_minimum=True),
+        "training.noise_model": Key("weight", "clients train under weight (Gaussian weight "
+                                    "noise, std c*sigma_k*max|W|) or analog (the chip's "
+                                    "forward: that weight modifier, output noise, DAC/ADC, "
+                                    "output range; training.analog.*)",
+                                    choices=("weight", "analog")),
+        **_analog_training_keys(),
+    }
+
+
+def _analog_training_keys() -> dict[str, Key]:
+    a, on = "training.analog", "noise_model=analog:"
+    return {
+        f"{a}.out_noise": Key(0.04, f"{on} output noise std, in aihwkit's forward.out_noise "
+                              "units (default: the realistic protocol's)", minimum=0.0),
+        f"{a}.out_noise_scales": Key(False, f"{on} client k's output noise is out_noise * "
+                                     "sigma_k / mean(sigma) (false: out_noise for all)"),
+        f"{a}.dac_bits": converter_bits(8, f"{on} input DAC bits (default: the realistic "
+                                        "protocol's; 0 = ideal)"),
+        f"{a}.adc_bits": converter_bits(8, f"{on} output ADC bits (default: the realistic "
+                                        "protocol's; 0 = ideal)"),
+        f"{a}.out_bound": Key(12.0, f"{on} output range in full-scale products (aihwkit's "
+                              "forward.out_bound, as the evaluation tiles; 0 = none)",
+                              minimum=0.0),
+        f"{a}.weight_scaling_columnwise": Key(False, f"{on} one mapping scale per output row "
+                                              "(default: the realistic protocol's)"),
+        f"{a}.bound_management": Key(True, f"{on} a sample whose outputs clip is repeated with "
+                                     "its input scale halved (aihwkit's ITERATIVE default)"),
+        f"{a}.clip_sigma": Key(0.0, f"{on} after every step each layer's weights are clipped "
+                               "to +-clip_sigma * std(W) (aihwkit's LAYER_GAUSSIAN clip; 0 = "
+                               "off)", minimum=0.0),
     }
 
 
@@ -298,10 +334,12 @@ def _ablation_keys() -> dict[str, Key]:
         "ablation.validation": Key(True, "also measure every arm's clean and analog accuracy "
                                    "(each protocol, each drift time) on the validation split, "
                                    "the split that chooses recipes; test stays for reporting"),
+        "ablation.pretrained": Key(False, "every arm but vanilla fine-tunes the vanilla arm's "
+                                   "final model of its seed (pre-training counted in its "
+                                   "sample passes)"),
         "ablation.n_w_columns": Key([0.1, 0.2], "n_w values shown as columns of the ablation "
                                     "table (each must be in inference.n_w_sweep)", minimum=0.0),
-        f"{h}.lr": Key(0.05, "HWA baseline: AnalogSGD learning rate", minimum=0.0,
-                       above_minimum=True),
+        f"{h}.lr": Key(0.05, "HWA baseline: AnalogSGD lr", minimum=0.0, above_minimum=True),
         f"{h}.momentum": Key(0.9, "HWA baseline: AnalogSGD momentum", minimum=0.0),
         f"{h}.batch_size": Key(64, "HWA baseline: training batch size", minimum=1),
         f"{h}.modifier_std": Key(0.06, "HWA baseline: std of the additive Gaussian weight "
@@ -315,10 +353,8 @@ def _ablation_keys() -> dict[str, Key]:
                                               "separately"),
         f"{h}.clip": Key(1.0, "HWA baseline: tile weights clipped to +-clip after every step "
                          "(0 = no clipping)", minimum=0.0),
-        f"{h}.dac_bits": converter_bits(8, "HWA baseline: input DAC bits while training (0 = "
-                                        "ideal)"),
-        f"{h}.adc_bits": converter_bits(8, "HWA baseline: output ADC bits while training (0 = "
-                                        "ideal)"),
+        f"{h}.dac_bits": converter_bits(8, "HWA baseline: input DAC bits while training"),
+        f"{h}.adc_bits": converter_bits(8, "HWA baseline: output ADC bits while training"),
         f"{h}.tile": Key("cpp", "HWA baseline: tile to train on: cpp (aihwkit's HWA examples; "
                          "CPU only, noise not seedable) or torch (seeded, CPU or GPU)",
                          choices=("cpp", "torch")),

@@ -18,7 +18,7 @@ from strategies import RoundFailed, build_strategy
 from strategies.retry import RetryingGrid
 
 from .analog import drift_accuracy
-from .checks import evaluation_device, prepare
+from .checks import evaluation_device, model_state, prepare
 from .config import dump_yaml
 from .data import Splits
 from .errors import ConfigError
@@ -139,10 +139,13 @@ def run_experiment(grid: Grid, context: Context) -> None:
                               "to resume from")
         first_round, states = found
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(exp.seed, "init"))  # the HWA arm's too
-            model = model_for(exp.model, data.shape)
-        first_round, states = 0, [model.state_dict()] * (1 if fused else len(sigmas))
+        if exp.model_init is not None:  # checked by `prepare` before any work
+            state = model_state(exp.model_init, exp, "key 'model.init'")
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_for(exp.seed, "init"))  # the HWA arm's too
+                state = model_for(exp.model, data.shape).state_dict()
+        first_round, states = 0, [state] * (1 if fused else len(sigmas))
     strategy = build_strategy(exp, first_round, log_clients)
     initial = join_models([ArrayRecord(s) for s in states], fused)
     if strategy.SERVER_STATE and first_round > 0:

@@ -20,29 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .chip_noise import ChipNoise
 from .config import command_line_overrides, resolve
+from .data import DataSettings
 from .errors import ConfigError
+from .outputs import OutputSettings
 from .recovery import Attack, Sam
 from .schema import CONF_KEY, DEFAULT_CONF, MAX_NOISE_LEVELS, PROTOCOLS, RERAM_DRIFT_TIMES
 from .training import Feedback, LocalTraining
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Which data set, how it is split among the clients (`data.*`, seeded by `seed`)."""
-
-    name: str
-    root: Path  # `~` expanded, absolute
-    download: bool
-    augment: bool
-    val_fraction: float  # fractions of images (0..1), not percent
-    test_fraction: float
-    image_size: int  # pixels per side
-    max_train_examples: int  # 0 = all
-    partition: str
-    alpha: float
-    seed: int
-    clients: int  # K: the partition's number of shares
 
 
 @dataclass(frozen=True)
@@ -132,14 +117,6 @@ class FederationSettings:
 
 
 @dataclass(frozen=True)
-class OutputSettings:
-    dir: Path
-    name: str  # run folder prefix; default: the conf file's name
-    resume: str  # "" = a new run
-    keep_checkpoints: int  # 0 = all
-
-
-@dataclass(frozen=True)
 class Experiment:
     """One resolved experiment. `config` is the dotted dict it was built from (for files and
     messages); `noise_levels[k]` is client k's sigma."""
@@ -148,6 +125,7 @@ class Experiment:
     conf: str
     seed: int
     model: str
+    model_init: Path | None  # the checkpoint the global model starts from; None: fresh
     data: DataSettings
     noise_levels: tuple[float, ...]
     rounds: int
@@ -161,6 +139,8 @@ class Experiment:
     evaluation: Evaluation
     hwa: HWASettings
     single_sigma: float  # the ablation's noise-injection arm
+    ablation_pretrained: bool  # the training arms fine-tune the vanilla arm's model
+    out_noise_scales: bool  # noise_model=analog: client k's output noise scales with sigma_k
     ablation_validation: bool  # the ablation also measures the validation split
     n_w_columns: tuple[float, ...]
     federation: FederationSettings
@@ -176,10 +156,15 @@ class Experiment:
         return self.proximal_mu if self.feedback or self.strategy.name == "fedprox" else 0.0
 
     def local_training(self, noise_index: int, proximal_mu: float) -> LocalTraining:
-        """Client `noise_index`'s training setting (its sigma and activation noise)."""
-        return dataclasses.replace(self.training, sigma=self.noise_levels[noise_index],
-                                   proximal_mu=proximal_mu,
-                                   act_sigma=self.act_sigmas[noise_index])
+        """Client `noise_index`'s training setting: its sigma and activation noise, and with
+        `training.analog.out_noise_scales` its output noise out_noise * sigma_k / mean(sigma)
+        (unchanged where every sigma is 0)."""
+        sigma, chip = self.noise_levels[noise_index], self.training.chip
+        mean = statistics.fmean(self.noise_levels)
+        if chip is not None and self.out_noise_scales and mean > 0:
+            chip = dataclasses.replace(chip, out_noise=chip.out_noise * sigma / mean)
+        return dataclasses.replace(self.training, sigma=sigma, proximal_mu=proximal_mu,
+                                   act_sigma=self.act_sigmas[noise_index], chip=chip)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], typed_keys: Set[str] = frozenset()
@@ -208,12 +193,16 @@ class Experiment:
         return cls(
             config=dict(cfg), conf=cfg.get(CONF_KEY, DEFAULT_CONF), seed=seed,
             model=cfg["model.name"],
+            model_init=Path(cfg["model.init"]).expanduser().resolve() if cfg["model.init"]
+            else None,
             data=data, noise_levels=sigmas, rounds=cfg["training.rounds"],
             local_epochs=training.epochs, fused=fused, feedback=feedback,
             proximal_mu=cfg["training.proximal_mu"], training=training,
             act_sigmas=_act_sigmas(cfg, k_total),
             strategy=strategy, evaluation=evaluation, hwa=_hwa(cfg),
             single_sigma=single if single is not None else statistics.median(sigmas),
+            ablation_pretrained=cfg["ablation.pretrained"],
+            out_noise_scales=cfg["training.analog.out_noise_scales"],
             ablation_validation=cfg["ablation.validation"],
             n_w_columns=n_w_columns, federation=_federation(cfg, k_total),
             output=_output(cfg))
@@ -290,7 +279,12 @@ def _training(cfg: Mapping[str, Any], sigma: float, feedback_on: bool) -> LocalT
                         cfg["recovery.adversarial.PGD.steps"],
                         cfg["recovery.adversarial.PGD.random_start"],
                         cfg["recovery.adversarial.PGD.weight"])
-    qat = cfg["recovery.qat.use"]
+    qat, a = cfg["recovery.qat.use"], "training.analog."
+    chip = ChipNoise(out_noise=cfg[a + "out_noise"], dac_bits=cfg[a + "dac_bits"],
+                     adc_bits=cfg[a + "adc_bits"], out_bound=cfg[a + "out_bound"],
+                     columnwise=cfg[a + "weight_scaling_columnwise"],
+                     bound_management=cfg[a + "bound_management"]
+                     ) if cfg["training.noise_model"] == "analog" else None
     return LocalTraining(
         sigma=sigma, noise_c=cfg["training.noise_scale_c"], epochs=cfg["training.local_epochs"],
         batch_size=cfg["training.batch_size"], lr=cfg["training.lr"],
@@ -300,7 +294,8 @@ def _training(cfg: Mapping[str, Any], sigma: float, feedback_on: bool) -> LocalT
         input_bits=cfg["recovery.qat.act_bits"] if qat else 0,
         sam=Sam(cfg["recovery.optimizer.rho"], adaptive, cfg["recovery.optimizer.eta"])
         if use_sam or adaptive else None,
-        attack=attack)
+        attack=attack, chip=chip,
+        clip_sigma=cfg[a + "clip_sigma"] if chip is not None else 0.0)
 
 
 def _protocol(cfg: Mapping[str, Any], name: str) -> Protocol:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .chip_noise import ChipNoise, chip_forward, gaussian_clip_
 from .noise import noisy_forward
 from .recovery import Attack, Sam, activation_effects, adversarial_example, sam_step
 from .streams import generator, seed_for
@@ -46,6 +47,21 @@ class LocalTraining:
     input_bits: int = 0  # QAT bits of every Conv/Linear input (0 = off)
     sam: Sam | None = None
     attack: Attack | None = None
+    chip: ChipNoise | None = None  # training.noise_model=analog: the chip's forward
+    clip_sigma: float = 0.0  # analog: LAYER_GAUSSIAN clip after every step (0 = off)
+
+
+def noisy_pass(model: nn.Module, x: torch.Tensor, sigma: float, noise_c: float,
+               generator: torch.Generator | None, weight_bits: int = 0,
+               chip: ChipNoise | None = None, in_eval: bool = False) -> torch.Tensor:
+    """One forward of `model` under the client's noise model at level `sigma`: weight noise
+    (`noise.noisy_forward`, `chip` None) or the chip's forward (`chip_noise.chip_forward`,
+    weight modifier std `noise_c * sigma`). In eval mode the pass is noise-free unless
+    `in_eval` asks for noise."""
+    if chip is None or not (model.training or in_eval):
+        return noisy_forward(model, x, sigma, noise_c, generator, in_eval=in_eval,
+                             weight_bits=weight_bits)
+    return chip_forward(model, x, noise_c * sigma, chip, generator, weight_bits=weight_bits)
 
 
 def feedback_logits(z0: torch.Tensor, extra: Sequence[torch.Tensor], weights: Sequence[float],
@@ -68,8 +84,8 @@ def msnat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, setting: Loca
     weight noise from `noise`, the feedback passes from `feedback_noise` (default: `noise`);
     None draws from torch's global generator."""
     def forward(sigma: float, draws: torch.Generator | None) -> torch.Tensor:
-        return noisy_forward(model, x, sigma, setting.noise_c, draws,
-                             weight_bits=setting.weight_bits)
+        return noisy_pass(model, x, sigma, setting.noise_c, draws, setting.weight_bits,
+                          setting.chip)
 
     z0 = forward(setting.sigma, noise)
     fb = setting.feedback
@@ -212,6 +228,8 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
                     sam_step(model, closure, optimizer, setting.sam)
                 else:
                     optimizer.step()
+                if setting.clip_sigma:
+                    gaussian_clip_(model, setting.clip_sigma)
                 value = loss.item()
                 if not math.isfinite(value):
                     check_finite(value, model, f"epoch {epoch + 1}, step {step + 1}",
@@ -229,15 +247,17 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Dataset, batch_size: int = 512,
              device: torch.device | str = "cpu", sigma: float = 0.0, noise_c: float = 1.0,
-             generator: torch.Generator | None = None, weight_bits: int = 0) -> float:
-    """Top-1 accuracy in eval mode; `sigma` > 0 measures it under weight noise (on
-    `weight_bits`-quantised weights with QAT)."""
+             generator: torch.Generator | None = None, weight_bits: int = 0,
+             chip: ChipNoise | None = None) -> float:
+    """Top-1 accuracy (fraction) in eval mode; `sigma` > 0 measures it under the client's
+    noise model (weight noise, or the chip's forward with `chip`; on `weight_bits`-quantised
+    weights with QAT)."""
     model.to(device).eval()
     correct = total = 0
     for x, y in DataLoader(data, batch_size=batch_size):
         x, y = x.to(device), y.to(device)
-        logits = noisy_forward(model, x, sigma, noise_c, generator, in_eval=True,
-                               weight_bits=weight_bits)
+        logits = noisy_pass(model, x, sigma, noise_c, generator, weight_bits, chip,
+                            in_eval=sigma > 0)
         correct += (logits.argmax(1) == y).sum().item()
         total += len(y)
     return correct / total

@@ -18,10 +18,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from analogai_fl.data import load_data
+from analogai_fl.data import DataSettings, load_data
 from analogai_fl.models import model_for
 from analogai_fl.partitions import client_dataset
-from analogai_fl.settings import DataSettings, Experiment
+from analogai_fl.settings import Experiment
 from analogai_fl.streams import generator
 from analogai_fl.training import TrainingDiverged, accuracy, train_local
 from analogai_fl.wire import CONFIG_KEY, DIVERGED, TRY_KEY
@@ -71,7 +71,8 @@ def train(msg: Message, context: Context) -> Message:
             {"reason": str(err)})}), reply_to=msg)
     noise_gen = generator(exp.seed, "client-evaluation", server_round, index, device=device)
     metrics["val_acc_noisy"] = accuracy(model, data.val, exp.evaluation.batch_size, device,
-                                        sigma, setting.noise_c, noise_gen, setting.weight_bits)
+                                        sigma, setting.noise_c, noise_gen, setting.weight_bits,
+                                        setting.chip)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     reply = RecordDict({"arrays": ArrayRecord(state),
                         "metrics": MetricRecord(metrics | dict(labels))})

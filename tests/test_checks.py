@@ -90,3 +90,26 @@ def test_checks_leave_the_callers_rng_alone():
 def test_a_config_error_is_raised_for_an_impossible_image_size():
     with pytest.raises(ConfigError, match="'model.name'='vgg8' and 'data.image_size'=4 do not fit"):
         checks.model_facts(experiment(**{"model.name": "vgg8", "data.image_size": 4}))
+
+
+def test_a_bad_model_init_is_refused_in_one_line_naming_the_file(capsys, tmp_path):
+    import torch
+
+    from analogai_fl.models import build_model
+
+    missing = tmp_path / "nope.pt"
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"no checkpoint")
+    other = tmp_path / "mlp.pt"
+    torch.save(build_model("mlp", 1, 10, 32).state_dict(), other)
+    good = tmp_path / "lenet.pt"
+    torch.save(build_model("lenet", 1, 10, 32).state_dict(), good)
+    for path, message in ((missing, "does not exist"), (garbage, "is not a checkpoint"),
+                          (other, "does not match the configured model 'lenet'")):
+        code, out, err = run_cli(capsys, "check", "--run-config", f"model.init='{path}'")
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+        assert "key 'model.init'" in err and str(path) in err and message in err
+    _, _, err = run_cli(capsys, "check", "--run-config", f"model.init='{other}'")
+    assert "missing: 0.weight" in err  # the first keys that differ
+    code, out, _ = run_cli(capsys, "check", "--run-config", f"model.init='{good}'")
+    assert code == 0 and out.startswith("OK")

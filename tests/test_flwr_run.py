@@ -6,6 +6,7 @@ its status from `flwr ls` and by the files it wrote.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -302,3 +303,32 @@ def test_the_cleanup_stops_exactly_the_processes_of_its_flower_home(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_analog_run_from_a_checkpoint_resumes_exactly(tmp_path):
+    """training.noise_model=analog and model.init through flwr run: the run starts from the
+    checkpoint's model (round 0 measures it) and a resumed run equals an uninterrupted one."""
+    start = tmp_path / "start.pt"
+    torch.manual_seed(3)
+    torch.save(build_model("lenet", 1, 10, 32).state_dict(), start)
+    common = (f"training.noise_model='analog' model.init='{start}' training.client_num_in_total=2 "
+              "training.use_neg=false inference.platform.aihwkit.use=false "
+              "data.max_train_examples=300")
+    completed(f"{common} training.rounds=2 output.dir='{tmp_path / 'straight'}'")
+    completed(f"{common} training.rounds=1 output.dir='{tmp_path / 'split'}'")
+    (split,) = run_folders(tmp_path / "split")
+    completed(f"output.resume='{split}' training.rounds=2")
+    (straight,) = run_folders(tmp_path / "straight")
+    expected, resumed = final_state(straight, 2), final_state(split, 2)
+    assert all(torch.equal(resumed[k], v) for k, v in expected.items())
+    first = json.loads((straight / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["round"] == 0
+    from analogai_fl.data import load_data
+    from analogai_fl.settings import load
+    from analogai_fl.training import accuracy
+
+    exp = load({})
+    model = build_model("lenet", 1, 10, 32)
+    model.load_state_dict(torch.load(start, weights_only=True))
+    data = load_data(dataclasses.replace(exp.data, max_train_examples=300))
+    assert first["clean_acc"] == accuracy(model, data.test)  # round 0 is the checkpoint

@@ -47,3 +47,35 @@ def test_a_spare_sigma_in_a_conf_file_is_allowed_but_not_on_the_command_line(tmp
     assert load({schema.CONF_KEY: str(conf)}).noise_levels == (0.1, 0.15, 0.2)
     with pytest.raises(ConfigError, match="noise_4.*client_num_in_total is 3"):
         load({schema.CONF_KEY: str(conf), sigma(4): 0.3})
+
+
+def test_analog_training_defaults_are_the_realistic_protocols_forward():
+    keys = schema.SCHEMA
+    for mine, theirs in (("out_noise", "out_noise"), ("dac_bits", "dac_bits"),
+                         ("adc_bits", "adc_bits"),
+                         ("weight_scaling_columnwise", "weight_scaling_columnwise")):
+        assert (keys[f"training.analog.{mine}"].default
+                == keys[f"inference.protocols.realistic.{theirs}"].default), mine
+    assert load({}).training.chip is None  # weight noise stays the default
+
+
+def test_sigma_scales_the_modifier_and_the_output_noise_only_when_asked():
+    exp = load({"training.noise_model": "analog"})
+    settings = [exp.local_training(k, 0.0) for k in range(exp.clients)]
+    assert [s.sigma for s in settings] == list(exp.noise_levels)  # the modifier's std
+    assert {s.chip.out_noise for s in settings} == {0.04}
+    scaled = load({"training.noise_model": "analog", "training.analog.out_noise_scales": True})
+    mean = sum(scaled.noise_levels) / scaled.clients
+    assert [scaled.local_training(k, 0.0).chip.out_noise for k in range(5)] == pytest.approx(
+        [0.04 * s / mean for s in scaled.noise_levels])
+    assert scaled.training.clip_sigma == 0.0
+    assert load({"training.noise_model": "analog", "training.analog.clip_sigma": 2.0}
+                ).training.clip_sigma == 2.0
+    # the clip is part of the chip's training only
+    assert load({"training.analog.clip_sigma": 2.0}).training.clip_sigma == 0.0
+
+
+def test_model_init_is_a_path_with_the_home_folder_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load({}).model_init is None
+    assert load({"model.init": "~/start.pt"}).model_init == tmp_path / "start.pt"

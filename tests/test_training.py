@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from analogai_fl import config
+from analogai_fl.chip_noise import ChipNoise
 from analogai_fl.training import (
     Feedback,
     LocalTraining,
@@ -169,3 +171,58 @@ def test_msnat_step_trains_every_parameter_and_batchnorm_statistics(name):
             assert not torch.equal(m.running_mean, mean) and not torch.equal(m.running_var, var)
             assert m.num_batches_tracked.item() > 0
     assert (len(norms) > 0) == (name in {"vgg8", "resnet18", "mobilenetv2"})
+
+
+# --- training.noise_model=analog: the chip's forward in the training loop ----------------------
+
+QUIET_CHIP = ChipNoise(out_noise=0.0, dac_bits=0, adc_bits=0, out_bound=0.0, columnwise=False,
+                       bound_management=True)
+
+
+def trained_weights(digits, **changes) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = build("lenet")
+    small = torch.utils.data.Subset(digits.train, range(128))
+    train_local(model, small, setting(**changes), seed=5)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_analog_with_every_noise_source_off_is_digital_training(digits):
+    # SGD: the chip's scaling by max|W| and max|x| and back is exact up to float rounding,
+    # which Adam's normalised steps would amplify to ~1e-5 in a few steps
+    digital = trained_weights(digits, optimizer="sgd")
+    quiet = trained_weights(digits, chip=QUIET_CHIP, optimizer="sgd")
+    assert torch.allclose(quiet, digital, atol=1e-6)
+    assert not torch.equal(digital, trained_weights(digits, optimizer="sgd", sigma=0.05))
+
+
+@pytest.mark.parametrize("source", [
+    {"sigma": 0.05}, {"chip": dataclasses.replace(QUIET_CHIP, out_noise=0.04)},
+    {"chip": dataclasses.replace(QUIET_CHIP, dac_bits=6)},
+    {"chip": dataclasses.replace(QUIET_CHIP, adc_bits=6, out_bound=12.0)},
+    {"chip": dataclasses.replace(QUIET_CHIP, out_bound=0.5, bound_management=False)},
+    {"clip_sigma": 1.5},
+], ids=["modifier", "out_noise", "dac", "adc", "out_bound", "clip"])
+def test_each_source_of_the_chip_changes_the_training(digits, source):
+    quiet = trained_weights(digits, chip=QUIET_CHIP)
+    changed = trained_weights(digits, **({"chip": QUIET_CHIP} | source))
+    assert not torch.allclose(changed, quiet, atol=1e-4)
+
+
+def test_the_gaussian_clip_bounds_every_layer_after_each_step(digits):
+    torch.manual_seed(0)
+    model = build("lenet")
+    train_local(model, torch.utils.data.Subset(digits.train, range(128)),
+                setting(chip=QUIET_CHIP, clip_sigma=1.5), seed=5)
+    for layer in (model[0], model[3], model[7], model[9], model[11]):
+        w = layer.weight.detach()
+        assert w.abs().max() <= 1.5 * w.std() * 1.05  # clipped at the last step, then moved
+
+
+def test_a_clients_noisy_accuracy_uses_its_noise_model(digits, trained):
+    chip = dataclasses.replace(QUIET_CHIP, out_noise=3.0)
+    clean = accuracy(trained, digits.val)
+    assert accuracy(trained, digits.val, chip=chip) == clean  # sigma 0: a clean pass
+    noisy = accuracy(trained, digits.val, sigma=0.05, generator=torch.Generator().manual_seed(0),
+                     chip=chip)
+    assert noisy < clean - 0.05  # output noise of 3 full-scale products hurts
