@@ -188,6 +188,47 @@ def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_p
         assert row["protocols"] == before[row["arm"]]["protocols"]
 
 
+@pytest.mark.e2e
+def test_pretrained_arms_fine_tune_the_vanilla_model_and_every_model_is_saved(tmp_path):
+    """ablation.pretrained: vanilla trains first (from scratch), the chip-noise MSNAT arm and
+    HWA start from its saved model and count its sample passes; every arm's final model is
+    in <out>/models and `infer` on it gives its row's clean accuracy."""
+    home = tmp_path / "flwr_home"
+    env = flwr_env({"FLWR_HOME": str(home)})
+    overrides = {"training.rounds": 1, "training.client_num_in_total": 2,
+                 "inference.repeats": 1, "inference.drift_times": [1.0],
+                 "inference.n_w_sweep": [0.0, 0.2], "ablation.n_w_columns": [0.2],
+                 "ablation.pretrained": True}
+    said = []
+    try:
+        rows = ablation.run_ablation(load(overrides), overrides, tmp_path / "out", [3],
+                                     ["msnat_analog", "hwa"], env=env, progress=said.append)
+    finally:
+        stop_local_superlink(home)
+    by_arm = {r["arm"]: r for r in rows}
+    assert list(by_arm) == ["vanilla", "msnat_analog", "hwa"]  # vanilla added, trained first
+    vanilla = by_arm["vanilla"]["sample_passes"]
+    for arm in ("msnat_analog", "hwa"):
+        assert by_arm[arm]["pretrained_passes"] == vanilla
+        assert by_arm[arm]["sample_passes"] > vanilla
+        assert "fine-tuned from vanilla" in by_arm[arm]["note"]
+    assert any("training MSNAT" in s and "from the vanilla model" in s for s in said)
+    (run,) = (tmp_path / "out" / "runs").glob("msnat_analog-seed3-*")
+    assert f"init: {tmp_path / 'out' / 'models' / 'vanilla-seed3.pt'}" in (
+        run / "config.yaml").read_text()
+    from analogai_fl.cli import main
+
+    for arm, row in by_arm.items():
+        assert Path(row["model"]) == tmp_path / "out" / "models" / f"{arm}-seed3.pt"
+        report = tmp_path / f"infer-{arm}"
+        assert main(["infer", row["model"], "--conf", str(run / "config.yaml"), "--no-sweep",
+                     "--out", str(report)]) == 0  # the run's seed 3, repeats, drift times
+        with open(report / "drift.csv") as f:
+            (measured,) = list(csv.DictReader(f))
+        assert float(measured["clean_acc"]) == row["clean"]
+        assert float(measured["mean"]) == row["protocols"]["realistic"]["drift"]["1s"]["mean"]
+
+
 def test_an_ablation_folder_of_other_settings_is_refused_before_any_work(tmp_path):
     first = load({"training.rounds": 1})
     saved = ablation._identity(first.config)
