@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from aihwkit.optim import AnalogSGD
+from aihwkit.optim.context import AnalogContext
 from aihwkit.simulator.configs import (
     InferenceRPUConfig,
     TorchInferenceRPUConfig,
@@ -119,6 +120,21 @@ def to_digital(analog: nn.Module, template: nn.Module) -> nn.Module:
     return digital.cpu().eval()
 
 
+def logical_weights(analog: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every weight of an analog model as it computes: each analog layer's tile weights
+    (`get_weights`, digital weight scaling applied) and bias, and the digital parameters
+    (BatchNorm, ...). The analog layers' own parameters are skipped (their weights are the
+    tile's; aihwkit 1.2.0's `AnalogContext` placeholders refuse to be read)."""
+    for name, layer in analog.named_analog_layers():
+        weight, bias = layer.get_weights(apply_weight_scaling=True)
+        yield f"{name}.weight" if name else "weight", weight
+        if bias is not None:
+            yield f"{name}.bias" if name else "bias", bias
+    for name, parameter in analog.named_parameters():
+        if not isinstance(parameter, AnalogContext) and ".analog_module." not in f".{name}":
+            yield name, parameter
+
+
 def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, seed: int,
                  device: torch.device | str = "cpu",
                  on_epoch: Callable[[int, nn.Module], None] | None = None,
@@ -161,7 +177,7 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
                 if not math.isfinite(value):
                     check_finite(value, analog, f"HWA baseline, epoch {epoch + 1}, step "
                                  f"{step + 1}", f"try a smaller ablation.hwa.lr (now "
-                                 f"{hwa.lr:g})")
+                                 f"{hwa.lr:g})", logical_weights(analog))
                 loss_sum += value * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
@@ -170,7 +186,7 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
                     on_epoch(epoch + 1, analog)
                 analog.train()
     check_finite(loss_sum, analog, f"HWA baseline after {epochs} epoch(s)",
-                 f"try a smaller ablation.hwa.lr (now {hwa.lr:g})")
+                 f"try a smaller ablation.hwa.lr (now {hwa.lr:g})", logical_weights(analog))
     examples = len(data.train)
     stats = {
         "method": "hwa",

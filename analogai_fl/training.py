@@ -4,7 +4,7 @@ options (SAM, adversarial training, QAT, activation noise) composed with them.""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,12 +110,15 @@ class TrainingDiverged(RuntimeError):
     """A non-finite training loss or weight: the message says where and what to try."""
 
 
-def check_finite(loss: float, model: nn.Module, where: str, advice: str) -> None:
-    """TrainingDiverged if `loss` is not finite or a parameter of `model` holds a NaN/inf
-    (checked only when asked: after a step, or at the end of training)."""
+def check_finite(loss: float, model: nn.Module, where: str, advice: str,
+                 weights: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
+    """TrainingDiverged if `loss` is not finite or a weight holds a NaN/inf: the parameters
+    of `model`, or the named `weights` given (an analog model's, whose tile weights are no
+    readable parameters; checked only when asked: after a step, or at the end of training)."""
     if not math.isfinite(loss):
         raise TrainingDiverged(f"{where}: training loss is {loss}; {advice}")
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    named = model.named_parameters() if weights is None else weights
+    bad = [n for n, p in named if not torch.isfinite(p).all()]
     if bad:
         raise TrainingDiverged(f"{where}: non-finite weights in {', '.join(bad[:3])}"
                                f"{' ...' if len(bad) > 3 else ''}; {advice}")
