@@ -32,11 +32,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from aihwkit.optim import AnalogSGD
 from rich.console import Console
 from rich.table import Table
 
-from analogai_fl import hwa
 from analogai_fl.chip_noise import chip_forward
 from analogai_fl.models import build_model
 from analogai_fl.noise import noisy_forward
@@ -46,18 +44,36 @@ MODELS = {"LeNet": ("lenet", 1, 28), "VGG-8": ("vgg8", 3, 32), "ResNet-18": ("re
 METHODS = ("digital", "weight", "chip", "aihwkit-cpp", "aihwkit-torch")
 
 
-def step_function(method: str, name: str, channels: int, size: int, batch: int
-                  ) -> Callable[[], None]:
+def available(method: str, device: str) -> bool:
+    """aihwkit's methods need aihwkit importable (not on every GPU image) and, for the C++
+    tile, the CPU (the registry's wheel has no CUDA tiles)."""
+    if not method.startswith("aihwkit"):
+        return True
+    if method == "aihwkit-cpp" and device != "cpu":
+        return False
+    try:
+        import aihwkit.optim  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def step_function(method: str, name: str, channels: int, size: int, batch: int,
+                  device: str = "cpu") -> Callable[[], None]:
     """One training step of `method` on a fresh model (seeded), as a closure."""
     exp = load({"training.noise_model": "analog"})  # the chip's forward at its defaults
     torch.manual_seed(0)
-    model = build_model(name, channels, 10, size).train()
-    x = torch.randn(batch, channels, size, size)
-    y = torch.randint(0, 10, (batch,))
-    generator = torch.Generator().manual_seed(1)
+    model = build_model(name, channels, 10, size).train().to(device)
+    x = torch.randn(batch, channels, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    generator = torch.Generator(device=device).manual_seed(1)
     if method.startswith("aihwkit"):
+        from aihwkit.optim import AnalogSGD
+
+        from analogai_fl import hwa
+
         settings = dataclasses.replace(exp.hwa, tile=method.removeprefix("aihwkit-"))
-        model = hwa.to_analog_trainable(model, settings).train()
+        model = hwa.to_analog_trainable(model.cpu(), settings, device).train()
         optimizer = AnalogSGD(model.parameters(), lr=0.01, momentum=0.9)
         optimizer.regroup_param_groups(model)
         forward = model
@@ -74,6 +90,8 @@ def step_function(method: str, name: str, channels: int, size: int, batch: int
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(forward(x), y).backward()
         optimizer.step()
+        if device != "cpu":
+            torch.cuda.synchronize(device)
 
     return step
 
@@ -82,7 +100,8 @@ def measure(args: argparse.Namespace, models: list[str]) -> dict[str, dict[str, 
     """Seconds per step, best of `--repeats` interleaved rounds, per model and method."""
     best: dict[str, dict[str, float]] = {m: {} for m in models}
     for model in models:
-        steps = {m: step_function(m, *MODELS[model], args.batch) for m in METHODS}
+        steps = {m: step_function(m, *MODELS[model], args.batch, args.device)
+                 for m in METHODS if available(m, args.device)}
         for step in steps.values():  # warm-up: allocations, aihwkit's first calls
             step()
         for _ in range(args.repeats):
@@ -109,6 +128,10 @@ def main() -> None:
                         help="images per step (default: %(default)s)")
     parser.add_argument("--models", default=",".join(MODELS), metavar="NAME,...",
                         help="of " + ", ".join(MODELS) + " (default: all)")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help="torch device, e.g. cuda (aihwkit's C++ tile is skipped there, "
+                        "and aihwkit's methods wherever aihwkit is not installed; default: "
+                        "%(default)s)")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",")]
     unknown = [m for m in models if m not in MODELS]
@@ -125,10 +148,11 @@ def main() -> None:
     for model in models:
         row = best[model]
         table.add_row(model, *(f"{row[m] * 1e3:.1f} / {row[m] / args.batch * 1e6:.0f}"
-                               for m in METHODS), f"{row['chip'] / row['weight']:.2f}x")
+                               if m in row else "n/a" for m in METHODS),
+                      f"{row['chip'] / row['weight']:.2f}x")
     console = Console(width=160)
     console.print(table)
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+    console.print(f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
                   f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     print("analog-aware training / weight-noise training per sample pass: " + ", ".join(
         f"{m} {best[m]['chip'] / best[m]['weight']:.2f}x" for m in models))
