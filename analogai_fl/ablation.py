@@ -239,7 +239,8 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
     """The same evaluation for every arm: clean accuracy, and under each protocol the
     accuracy on the device at each drift time and the n_w sweep at the first drift time, on
     the test split; with `ablation.validation` the clean and per-drift-time accuracies on the
-    validation split too (key "val"). Accuracies are fractions."""
+    validation split too (key "val"), with the n_w columns (`ablation.n_w_columns`) at the
+    first drift time. Accuracies are fractions."""
     evaluation, seed = exp.evaluation, exp.seed
     times, repeats = evaluation.drift_times, evaluation.repeats
     device = evaluation_device(exp)
@@ -254,10 +255,13 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
             **on).items()}
         result["protocols"][name] = {"drift": drift, "n_w": sweep}
     if exp.ablation_validation:  # what recipes are chosen on; same seed, other images
-        result["val"] = {"clean": accuracy(model, data.val), "protocols": {
-            name: {"drift": drift_accuracy(model, data.val, protocol, times, repeats, seed,
-                                           **on)}
-            for name, protocol in evaluation.protocols.items()}}
+        result["val"] = {"clean": accuracy(model, data.val), "protocols": {}}
+        for name, protocol in evaluation.protocols.items():
+            drift = drift_accuracy(model, data.val, protocol, times, repeats, seed, **on)
+            sweep = {n_w: at[drift_label(times[0])] for n_w, at in n_w_sweep(
+                model, data.val, protocol, exp.n_w_columns, times[:1], repeats, seed,
+                **on).items()}
+            result["val"]["protocols"][name] = {"drift": drift, "n_w": sweep}
     return result
 
 
@@ -293,8 +297,10 @@ def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in (out / ROWS_FILE).read_text().splitlines()
             if line.strip()] if (out / ROWS_FILE).exists() else []
     for row in rows:  # JSON keys are strings; the n_w sweep is keyed by float
-        for results in row["protocols"].values():
-            results["n_w"] = {float(n_w): v for n_w, v in results["n_w"].items()}
+        for results in [*row["protocols"].values(),
+                        *row.get("val", {}).get("protocols", {}).values()]:
+            if "n_w" in results:  # a folder written before 0.3 has none on validation
+                results["n_w"] = {float(n_w): v for n_w, v in results["n_w"].items()}
     return rows
 
 

@@ -193,8 +193,11 @@ def _flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
     if "val" in row:
         flat["val_clean"] = row["val"]["clean"]
         for name in PROTOCOLS:
-            for label, v in row["val"]["protocols"][name]["drift"].items():
+            results = row["val"]["protocols"][name]
+            for label, v in results["drift"].items():
                 flat[f"val_{name}_pcm_{label}_mean"] = v["mean"]
+            for n_w, v in results.get("n_w", {}).items():
+                flat[f"val_{name}_n_w_{n_w:g}_mean"] = v["mean"]
     return flat | {"note": row["note"]}
 
 
@@ -224,16 +227,23 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[f
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     if all("val" in r for r in rows):
+        val_n_w = [v for v in selected
+                   if all(v in r["val"]["protocols"][n].get("n_w", {})
+                          for r in rows for n in PROTOCOLS)]
         head = ["method", "seeds", "val clean",
-                *[f"{name} PCM {x}" for name in PROTOCOLS for x in labels]]
+                *[f"{name} PCM {x}" for name in PROTOCOLS for x in labels],
+                *[f"{name} n_w {v:g}" for name in PROTOCOLS for v in val_n_w]]
         lines = ["**Validation split** (accuracy %: the split that chooses recipes; the tables "
-                 "above are test)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                 f"above are test; n_w columns at {labels[0]})", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for arm in methods:
             mine = [r["val"] for r in rows if r["arm"] == arm]
             cells = [next(r["method"] for r in rows if r["arm"] == arm), str(len(mine)),
                      spread([v["clean"] for v in mine])]
             cells += [spread([v["protocols"][name]["drift"][x]["mean"] for v in mine])
                       for name in PROTOCOLS for x in labels]
+            cells += [spread([v["protocols"][name]["n_w"][n_w]["mean"] for v in mine])
+                      for name in PROTOCOLS for n_w in val_n_w]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     parts.append(leaders_markdown(rows, labels, selected))

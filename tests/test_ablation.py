@@ -149,7 +149,9 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
     for r in rows:
         assert 0 <= r["val"]["clean"] <= 1
         assert set(r["val"]["protocols"]["seed"]["drift"]) == {"1s", "1d"}
-    assert "val_realistic_pcm_1d_mean" in table[0] and "**Validation split**" in md
+        assert set(r["val"]["protocols"]["seed"]["n_w"]) == {0.2}  # the n_w columns, at 1s
+    assert {"val_realistic_pcm_1d_mean", "val_seed_n_w_0.2_mean"} <= set(table[0])
+    assert "**Validation split**" in md and "| seed n_w 0.2 |" in md
     for png in ("accuracy_vs_n_w.png", "accuracy_vs_drift.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

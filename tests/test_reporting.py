@@ -36,6 +36,17 @@ def test_the_table_gives_each_method_its_seed_count_and_spread():
         assert "| B | 1 | 70.0 | 70.0 |" in table
 
 
+def test_the_validation_table_shows_the_n_w_columns_when_measured():
+    from analogai_fl.reporting import ablation_markdown
+    old = [_row("a", 1, 0.80)]  # a row written before validation measured n_w
+    new = [_row("a", 1, 0.80)]
+    for name in schema.PROTOCOLS:
+        new[0]["val"]["protocols"][name] = new[0]["protocols"][name]
+    validation = [p for p in ablation_markdown(new, [0.1]).split("**Validation split**")[1:]]
+    assert "| realistic n_w 0.1 |" in validation[0] and "| 80.0 |" in validation[0]
+    assert "n_w 0.1 |" not in ablation_markdown(old, [0.1]).split("**Validation split**")[1]
+
+
 def test_the_plotted_curve_is_the_mean_over_seeds_with_their_spread():
     from analogai_fl.reporting import seed_curve
     xs, ys, spread = seed_curve([_row("a", 1, 0.80), _row("a", 2, 0.90)], "realistic", "drift")
