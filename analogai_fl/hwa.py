@@ -2,13 +2,18 @@
 
 The project's plain model is converted to analog with an `InferenceRPUConfig` that injects
 noise while training (Gaussian weight modifier redrawn every batch, output noise, DAC/ADC
-quantisation, weights scaled to the tile's range and clipped) and trained with aihwkit's
-`AnalogSGD`. This is the recipe of aihwkit's hardware-aware-training examples; of
-`aihwkit.simulator.presets.StandardHWATrainingPreset` it takes the weight scaling omega 1.0,
-the fixed clip 1.0, the output noise 0.04 and the 8-bit converters (254 steps), but not its
-learned input ranges and learned output scales (a plain digital model cannot carry them, and
-the project's evaluator does not use them), its PCM read noise while training, or its
-column-wise scaling (the evaluation protocols scale per tensor). Every number is a key.
+quantisation, weights scaled to the tile's range) and trained with aihwkit's `AnalogSGD`.
+The defaults are the recipe of aihwkit's HWA tutorial (`notebooks/tutorial/
+hw_aware_training.ipynb`) and of Rasch et al. 2023 (Nature Communications 14:5282): momentum
+0.9, weight decay 5e-4, a cosine lr schedule over the epochs, `LAYERWISE_SYMMETRIC` weight
+remapping and a `LAYER_GAUSSIAN` clip at 2.5 stds after every step (remapping lets the
+mapping scale follow the weights; without it a fixed clip caps every layer's |W| at its size
+when converted), best started from a pretrained digital model (`init`; `ablation.pretrained`).
+Of `aihwkit.simulator.presets.StandardHWATrainingPreset` it takes the output noise 0.04 and
+the 8-bit converters (254 steps), but not its learned input ranges and output scales (a plain
+digital model cannot carry them, and the project's evaluator does not use them), its PCM
+read noise while training, or its column-wise scaling (the evaluation protocols scale per
+tensor). Every number is a key (`ablation.hwa.*`).
 
 Tiles (`ablation.hwa.tile`): the default is aihwkit's C++ tile (`InferenceRPUConfig`), the
 tile of its HWA examples. Model init and batch order are seeded, but the C++ tile's noise
@@ -44,8 +49,10 @@ from aihwkit.simulator.configs import (
     TorchInferenceRPUConfig,
     WeightClipType,
     WeightModifierType,
+    WeightRemapType,
 )
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .analog import convert_every_layer, converter_resolution, cuda_indices
 from .data import Splits
@@ -53,6 +60,13 @@ from .models import merge_grouped_convs, model_for, split_grouped_convs
 from .settings import HWASettings
 from .streams import seed_for
 from .training import check_finite, training_loader
+
+# `ablation.hwa.remap` and `.clip_type` -> aihwkit's types (applied by the tile's
+# post_update_step after every optimiser step: clip first, then remap)
+REMAP = {"layerwise": WeightRemapType.LAYERWISE_SYMMETRIC,
+         "channelwise": WeightRemapType.CHANNELWISE_SYMMETRIC, "none": WeightRemapType.NONE}
+CLIP = {"gaussian": WeightClipType.LAYER_GAUSSIAN, "fixed": WeightClipType.FIXED_VALUE,
+        "none": WeightClipType.NONE}
 
 
 def rpu_config(hwa: HWASettings) -> InferenceRPUConfig | TorchInferenceRPUConfig:
@@ -71,12 +85,13 @@ def rpu_config(hwa: HWASettings) -> InferenceRPUConfig | TorchInferenceRPUConfig
     rpu.modifier.std_dev = std
     rpu.modifier.rel_to_actual_wmax = True
     rpu.modifier.enable_during_test = False
-    clip = hwa.clip
-    if clip > 0:
-        rpu.clip.type = WeightClipType.FIXED_VALUE
-        rpu.clip.fixed_value = clip
-    else:
-        rpu.clip.type = WeightClipType.NONE
+    rpu.remap.type = REMAP[hwa.remap]
+    rpu.clip.type = CLIP[hwa.clip_type]
+    # aihwkit's weight clipper also caps LAYER_GAUSSIAN at a positive fixed_value (measured:
+    # with fixed_value 1.0 and remap the weights never outgrew their initial max), so the
+    # fixed value is set only for FIXED_VALUE (negative: none, aihwkit's convention)
+    rpu.clip.fixed_value = hwa.clip if hwa.clip_type == "fixed" else -1.0
+    rpu.clip.sigma = hwa.clip_sigma
     return rpu
 
 
@@ -158,9 +173,11 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
             model.load_state_dict(init)
         analog = to_analog_trainable(model, hwa, device)
         torch.manual_seed(seed_for(seed, "hwa-noise"))  # the torch tile's training noise
-        optimizer = AnalogSGD(analog.parameters(), lr=hwa.lr,
-                              momentum=hwa.momentum)
+        optimizer = AnalogSGD(analog.parameters(), lr=hwa.lr, momentum=hwa.momentum,
+                              weight_decay=hwa.weight_decay)
         optimizer.regroup_param_groups(analog)
+        schedule = CosineAnnealingLR(optimizer, T_max=epochs) if hwa.schedule == "cosine" \
+            else None
         loader = training_loader(data.train, hwa.batch_size, seed_for(seed, "shuffle"))
         analog.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -181,6 +198,8 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
                 loss_sum += value * len(y)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(y)
+            if schedule is not None:
+                schedule.step()
             if on_epoch is not None:
                 with torch.random.fork_rng(devices=cuda):  # the training draws stay the same
                     on_epoch(epoch + 1, analog)

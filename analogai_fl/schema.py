@@ -9,8 +9,8 @@ conf/default.yaml, pyproject's declarations and docs/configuration.md from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from .schema_ablation import ablation_keys
+from .schema_key import Key, converter_bits
 
 CONF_KEY = "conf"  # the run-config key naming the conf YAML file (not a schema key)
 DEFAULT_CONF = "conf/default.yaml"
@@ -27,48 +27,6 @@ STRATEGY_NAMES = ("msnat", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi",
 # ReRamWan2022NoiseModel's measured times (s): the keys of its `coeff_dic` in aihwkit 1.1.0
 # (tests/test_analog.py checks this against the installed aihwkit).
 RERAM_DRIFT_TIMES = (1.0, 86400.0, 172800.0)
-
-
-@dataclass(frozen=True)
-class Key:
-    default: Any
-    doc: str
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    above_minimum: bool = False  # value must be > minimum rather than >=
-    nullable: bool = False
-    kind: type | None = None  # inferred from the default when None
-    maximum: float | None = None  # value must be < maximum
-    forbidden: tuple[float, ...] = ()  # values the consumer cannot use
-    why: str = ""  # why the range is what it is (shown in the error)
-
-    @property
-    def type(self) -> type:
-        return self.kind or type(self.default)
-
-    def expectation(self) -> str:
-        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-                list: "a list of numbers (YAML list or comma-separated string)"}[self.type]
-        if self.choices:
-            kind = "one of " + ", ".join(repr(c) for c in self.choices)
-        if self.minimum is not None:
-            kind += f" {'>' if self.above_minimum else '>='} {self.minimum:g}"
-        if self.maximum is not None:
-            kind += f"{' and' if self.minimum is not None else ''} < {self.maximum:g}"
-        if self.forbidden:
-            kind += ", not " + " or ".join(f"{v:g}" for v in self.forbidden)
-        if self.why:
-            kind += f" ({self.why})"
-        return kind + (" (or null)" if self.nullable else "")
-
-
-CONVERTER_BITS_WHY = ("0 = ideal; else at least 2: aihwkit's converter step is "
-                      "1/(2^bits - 2), analog.converter_resolution")
-
-
-def converter_bits(default: int, doc: str) -> Key:
-    """A DAC/ADC resolution key: 0 (ideal) or at least 2 bits."""
-    return Key(default, doc, minimum=0, forbidden=(1,), why=CONVERTER_BITS_WHY)
 
 
 def _protocol_keys(name: str, omega: float, columnwise: bool, dac: int, adc: int,
@@ -325,42 +283,6 @@ def _inference_keys() -> dict[str, Key]:
     }
 
 
-def _ablation_keys() -> dict[str, Key]:
-    h = "ablation.hwa"
-    return {
-        "ablation.single_sigma": Key(None, "sigma of the single-noise-injection arm (null = "
-                                     "the median of the MSNAT levels)", minimum=0.0,
-                                     nullable=True, kind=float),
-        "ablation.validation": Key(True, "also measure every arm's clean and analog accuracy "
-                                   "(each protocol, each drift time) on the validation split, "
-                                   "the split that chooses recipes; test stays for reporting"),
-        "ablation.pretrained": Key(False, "every arm but vanilla fine-tunes the vanilla arm's "
-                                   "final model of its seed (pre-training counted in its "
-                                   "sample passes)"),
-        "ablation.n_w_columns": Key([0.1, 0.2], "n_w values shown as columns of the ablation "
-                                    "table (each must be in inference.n_w_sweep)", minimum=0.0),
-        f"{h}.lr": Key(0.05, "HWA baseline: AnalogSGD lr", minimum=0.0, above_minimum=True),
-        f"{h}.momentum": Key(0.9, "HWA baseline: AnalogSGD momentum", minimum=0.0),
-        f"{h}.batch_size": Key(64, "HWA baseline: training batch size", minimum=1),
-        f"{h}.modifier_std": Key(0.06, "HWA baseline: std of the additive Gaussian weight "
-                                 "noise (aihwkit modifier ADD_NORMAL) drawn per batch, "
-                                 "relative to the tile's max|W| (0 = none)", minimum=0.0),
-        f"{h}.out_noise": Key(0.04, "HWA baseline: Gaussian output noise std while training",
-                              minimum=0.0),
-        f"{h}.weight_scaling_omega": Key(1.0, "HWA baseline: max|W| maps to this value on the "
-                                         "tile (0 = no scaling)", minimum=0.0),
-        f"{h}.weight_scaling_columnwise": Key(False, "HWA baseline: scale each output column "
-                                              "separately"),
-        f"{h}.clip": Key(1.0, "HWA baseline: tile weights clipped to +-clip after every step "
-                         "(0 = no clipping)", minimum=0.0),
-        f"{h}.dac_bits": converter_bits(8, "HWA baseline: input DAC bits while training"),
-        f"{h}.adc_bits": converter_bits(8, "HWA baseline: output ADC bits while training"),
-        f"{h}.tile": Key("cpp", "HWA baseline: tile to train on: cpp (aihwkit's HWA examples; "
-                         "CPU only, noise not seedable) or torch (seeded, CPU or GPU)",
-                         choices=("cpp", "torch")),
-    }
-
-
 def _federation_keys() -> dict[str, Key]:
     return {
         "federation.retries": Key(
@@ -391,7 +313,7 @@ def _output_keys() -> dict[str, Key]:
 
 def _build_schema() -> dict[str, Key]:
     return (_run_keys() | _data_keys() | _model_keys() | _training_keys() | _strategy_keys()
-            | _recovery_keys() | _inference_keys() | _ablation_keys() | _federation_keys()
+            | _recovery_keys() | _inference_keys() | ablation_keys() | _federation_keys()
             | _output_keys())
 
 

@@ -86,7 +86,12 @@ class HWASettings:
     out_noise: float
     weight_scaling_omega: float
     weight_scaling_columnwise: bool
-    clip: float  # 0 = no clipping
+    weight_decay: float
+    schedule: str  # cosine or constant, over the epochs
+    remap: str  # layerwise, channelwise or none (aihwkit WeightRemapType)
+    clip_type: str  # gaussian, fixed or none (aihwkit WeightClipType)
+    clip_sigma: float  # clip_type gaussian: stds of the layer's weights
+    clip: float  # clip_type fixed: +-clip in the tile's mapped units
     dac_bits: int
     adc_bits: int
     tile: str
@@ -352,6 +357,9 @@ def _hwa(cfg: Mapping[str, Any]) -> HWASettings:
         out_noise=cfg["ablation.hwa.out_noise"],
         weight_scaling_omega=cfg["ablation.hwa.weight_scaling_omega"],
         weight_scaling_columnwise=cfg["ablation.hwa.weight_scaling_columnwise"],
+        weight_decay=cfg["ablation.hwa.weight_decay"], schedule=cfg["ablation.hwa.schedule"],
+        remap=cfg["ablation.hwa.remap"], clip_type=cfg["ablation.hwa.clip_type"],
+        clip_sigma=cfg["ablation.hwa.clip_sigma"],
         clip=cfg["ablation.hwa.clip"], dac_bits=cfg["ablation.hwa.dac_bits"],
         adc_bits=cfg["ablation.hwa.adc_bits"], tile=cfg["ablation.hwa.tile"])
 

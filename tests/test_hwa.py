@@ -197,3 +197,83 @@ def test_hwa_divergence_is_a_clear_error(hwa_cfg, digits):
     with pytest.raises(TrainingDiverged, match=r"HWA baseline, epoch 1, step \d+: training loss "
                        r"is nan; try a smaller ablation.hwa.lr \(now 0.05\)"):
         hwa.train_analog(hwa_cfg["model.name"], H(hwa_cfg), broken, epochs=1, seed=0)
+
+
+def _growing_linear(hwa_settings: HWASettings, steps: int = 200) -> tuple[float, float]:
+    """max|W| of an analog Linear layer before and after `steps` AnalogSGD steps whose
+    gradient pushes every weight to grow, each at its own rate (loss -sum(s * W x), x > 0,
+    fixed signs s per output): what clip and remap let through."""
+    from aihwkit.nn import AnalogLinear
+    from aihwkit.optim import AnalogSGD
+    torch.manual_seed(0)
+    layer = AnalogLinear(8, 4, bias=False, rpu_config=hwa.rpu_config(hwa_settings))
+    optimizer = AnalogSGD(layer.parameters(), lr=0.01)
+    optimizer.regroup_param_groups(layer)
+    initial = layer.get_weights(apply_weight_scaling=True)[0].abs().max().item()
+    x, signs = torch.rand(16, 8), torch.tensor([1.0, -1.0, 1.0, -1.0])
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (-(layer(x) * signs).sum()).backward()
+        optimizer.step()
+    return initial, layer.get_weights(apply_weight_scaling=True)[0].abs().max().item()
+
+
+def test_remap_and_gaussian_clip_let_the_weights_grow_where_a_fixed_clip_caps_them(hwa_cfg):
+    """aihwkit's recipe (LAYERWISE_SYMMETRIC remap, LAYER_GAUSSIAN clip) against the old
+    arm's fixed clip at 1.0 without remap, which froze every layer's |W| at its initial max."""
+    quiet = {"ablation.hwa.modifier_std": 0.0, "ablation.hwa.out_noise": 0.0,
+             "ablation.hwa.dac_bits": 0, "ablation.hwa.adc_bits": 0}
+    base = hwa_cfg | quiet
+    initial, capped = _growing_linear(H(base | {"ablation.hwa.remap": "none",
+                                                "ablation.hwa.clip_type": "fixed"}))
+    _, recipe = _growing_linear(H(base))  # the defaults: remap layerwise, gaussian clip 2.5
+    _, unclipped = _growing_linear(H(base | {"ablation.hwa.clip_type": "none"}))
+    assert capped == pytest.approx(initial, rel=1e-3)
+    assert recipe > 5 * initial and unclipped > 5 * initial
+
+
+def test_each_recipe_key_reaches_the_tile_config(hwa_cfg):
+    from aihwkit.simulator.configs import WeightClipType, WeightRemapType
+    rpu = hwa.rpu_config(H(hwa_cfg))
+    assert rpu.remap.type == WeightRemapType.LAYERWISE_SYMMETRIC
+    assert rpu.clip.type == WeightClipType.LAYER_GAUSSIAN and rpu.clip.sigma == 2.5
+    assert rpu.clip.fixed_value < 0  # a positive one would cap the Gaussian clip too
+    rpu = hwa.rpu_config(H(hwa_cfg | {"ablation.hwa.remap": "channelwise",
+                                      "ablation.hwa.clip_type": "fixed",
+                                      "ablation.hwa.clip": 0.7}))
+    assert rpu.remap.type == WeightRemapType.CHANNELWISE_SYMMETRIC
+    assert rpu.clip.type == WeightClipType.FIXED_VALUE and rpu.clip.fixed_value == 0.7
+    with pytest.raises(config.ConfigError, match="ablation.hwa.clip_type"):
+        config.resolve({"ablation.hwa.clip_type": "layer"})
+
+
+@pytest.mark.parametrize("key, value", [("ablation.hwa.weight_decay", 0.0),
+                                        ("ablation.hwa.schedule", "constant"),
+                                        ("ablation.hwa.momentum", 0.0)])
+def test_weight_decay_schedule_and_momentum_change_the_training(hwa_cfg, digits, key, value):
+    """On the seeded torch tile, turning one of the optimiser's settings off gives other
+    weights from the same seed (two epochs, so that the cosine schedule lowers the lr)."""
+    cfg = hwa_cfg | {"ablation.hwa.tile": "torch"}
+    small = dataclasses.replace(digits, train=torch.utils.data.TensorDataset(
+        *(t[:128] for t in digits.train.tensors)))
+    recipe, _ = hwa.train_hwa(cfg["model.name"], H(cfg), small, 2, seed=1)
+    repeat, _ = hwa.train_hwa(cfg["model.name"], H(cfg), small, 2, seed=1)
+    other, _ = hwa.train_hwa(cfg["model.name"], H(cfg | {key: value}), small, 2, seed=1)
+    weights = [k for k in recipe.state_dict() if k.endswith("weight")]
+    assert all(torch.equal(recipe.state_dict()[k], repeat.state_dict()[k]) for k in weights)
+    assert any(not torch.equal(recipe.state_dict()[k], other.state_dict()[k]) for k in weights)
+
+
+def test_the_gaussian_clip_cuts_an_outlier_at_clip_sigma_stds(hwa_cfg):
+    from aihwkit.nn import AnalogLinear
+    quiet = {"ablation.hwa.modifier_std": 0.0, "ablation.hwa.remap": "none",
+             "ablation.hwa.weight_scaling_omega": 0.0}
+    layer = AnalogLinear(8, 4, bias=False, rpu_config=hwa.rpu_config(H(hwa_cfg | quiet)))
+    weights = torch.linspace(-0.1, 0.1, 32).reshape(4, 8)
+    weights[0, 0] = 5.0
+    layer.set_weights(weights)
+    next(layer.analog_tiles()).post_update_step()  # what AnalogSGD calls after every step
+    clipped = layer.get_weights()[0]
+    limit = 2.5 * weights.std().item()
+    assert clipped[0, 0].item() == pytest.approx(limit, rel=0.05)
+    torch.testing.assert_close(clipped.flatten()[1:], weights.flatten()[1:])

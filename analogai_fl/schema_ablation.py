@@ -1,0 +1,62 @@
+"""The schema's `ablation.*` section: `analogai-fl ablate`'s keys and the HWA baseline's
+(`ablation.hwa.*`, aihwkit's hardware-aware training as `analogai_fl.hwa` runs it)."""
+
+from __future__ import annotations
+
+from .schema_key import Key, converter_bits
+
+
+def ablation_keys() -> dict[str, Key]:
+    h = "ablation.hwa"
+    return {
+        "ablation.single_sigma": Key(None, "sigma of the single-noise-injection arm (null = "
+                                     "the median of the MSNAT levels)", minimum=0.0,
+                                     nullable=True, kind=float),
+        "ablation.validation": Key(True, "also measure every arm's clean and analog accuracy "
+                                   "(each protocol, each drift time) on the validation split, "
+                                   "the split that chooses recipes; test stays for reporting"),
+        "ablation.pretrained": Key(False, "every arm but vanilla fine-tunes the vanilla arm's "
+                                   "final model of its seed (pre-training counted in its "
+                                   "sample passes)"),
+        "ablation.n_w_columns": Key([0.1, 0.2], "n_w values shown as columns of the ablation "
+                                    "table (each must be in inference.n_w_sweep)", minimum=0.0),
+        f"{h}.lr": Key(0.05, "HWA baseline: AnalogSGD lr", minimum=0.0, above_minimum=True),
+        f"{h}.momentum": Key(0.9, "HWA baseline: AnalogSGD momentum", minimum=0.0),
+        f"{h}.weight_decay": Key(5e-4, "HWA baseline: AnalogSGD weight decay (L2; aihwkit's "
+                                 "HWA tutorial and Rasch et al. 2023: 5e-4)", minimum=0.0),
+        f"{h}.schedule": Key("cosine", "HWA baseline: lr schedule over its epochs: cosine "
+                             "(torch's CosineAnnealingLR, stepped per epoch, to 0 at the "
+                             "last; aihwkit's HWA tutorial) or constant",
+                             choices=("cosine", "constant")),
+        f"{h}.remap": Key("layerwise", "HWA baseline: weight remapping after every step "
+                          "(aihwkit WeightRemapType): layerwise (LAYERWISE_SYMMETRIC: the "
+                          "mapping scale follows max|W|, so a clip does not cap the weights at "
+                          "their initial size), channelwise (CHANNELWISE_SYMMETRIC) or none",
+                          choices=("layerwise", "channelwise", "none")),
+        f"{h}.batch_size": Key(64, "HWA baseline: training batch size", minimum=1),
+        f"{h}.modifier_std": Key(0.06, "HWA baseline: std of the additive Gaussian weight "
+                                 "noise (aihwkit modifier ADD_NORMAL) drawn per batch, "
+                                 "relative to the tile's max|W| (0 = none)", minimum=0.0),
+        f"{h}.out_noise": Key(0.04, "HWA baseline: Gaussian output noise std while training",
+                              minimum=0.0),
+        f"{h}.weight_scaling_omega": Key(1.0, "HWA baseline: max|W| maps to this value on the "
+                                         "tile (0 = no scaling)", minimum=0.0),
+        f"{h}.weight_scaling_columnwise": Key(False, "HWA baseline: scale each output column "
+                                              "separately"),
+        f"{h}.clip_type": Key("gaussian", "HWA baseline: weight clipping after every step "
+                              "(aihwkit WeightClipType): gaussian (LAYER_GAUSSIAN: at "
+                              "clip_sigma stds of the layer's weights), fixed (FIXED_VALUE: at "
+                              "+-clip, in the tile's mapped units) or none",
+                              choices=("gaussian", "fixed", "none")),
+        f"{h}.clip_sigma": Key(2.5, "HWA baseline: clip_type=gaussian: the clip in stds of "
+                               "the layer's weights (Rasch et al. 2023: 2.0-2.5)", minimum=0.0,
+                               above_minimum=True),
+        f"{h}.clip": Key(1.0, "HWA baseline: clip_type=fixed: tile weights clipped to +-clip "
+                         "(with weight_scaling_omega 1 and no remap this caps |W| at its size "
+                         "when converted)", minimum=0.0, above_minimum=True),
+        f"{h}.dac_bits": converter_bits(8, "HWA baseline: input DAC bits while training"),
+        f"{h}.adc_bits": converter_bits(8, "HWA baseline: output ADC bits while training"),
+        f"{h}.tile": Key("cpp", "HWA baseline: tile to train on: cpp (aihwkit's HWA examples; "
+                         "CPU only, noise not seedable) or torch (seeded, CPU or GPU)",
+                         choices=("cpp", "torch")),
+    }
