@@ -246,22 +246,23 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
     device = evaluation_device(exp)
     on = {"batch_size": evaluation.batch_size, "device": device,
           "one_pass": evaluation.one_pass}
-    result: dict[str, Any] = {"clean": accuracy(model, data.test), "protocols": {},
-                              "torch_device": str(device)}
-    for name, protocol in evaluation.protocols.items():
-        drift = drift_accuracy(model, data.test, protocol, times, repeats, seed, **on)
+
+    def on_device(split, protocol, n_w_values) -> dict[str, Any]:
+        """Accuracy per drift time, and per n_w value at the first drift time."""
+        drift = drift_accuracy(model, split, protocol, times, repeats, seed, **on)
         sweep = {n_w: at[drift_label(times[0])] for n_w, at in n_w_sweep(
-            model, data.test, protocol, evaluation.n_w_sweep, times[:1], repeats, seed,
-            **on).items()}
-        result["protocols"][name] = {"drift": drift, "n_w": sweep}
+            model, split, protocol, n_w_values, times[:1], repeats, seed, **on).items()}
+        return {"drift": drift, "n_w": sweep}
+
+    protocols = evaluation.protocols.items()
+    result: dict[str, Any] = {
+        "clean": accuracy(model, data.test),
+        "protocols": {name: on_device(data.test, protocol, evaluation.n_w_sweep)
+                      for name, protocol in protocols}, "torch_device": str(device)}
     if exp.ablation_validation:  # what recipes are chosen on; same seed, other images
-        result["val"] = {"clean": accuracy(model, data.val), "protocols": {}}
-        for name, protocol in evaluation.protocols.items():
-            drift = drift_accuracy(model, data.val, protocol, times, repeats, seed, **on)
-            sweep = {n_w: at[drift_label(times[0])] for n_w, at in n_w_sweep(
-                model, data.val, protocol, exp.n_w_columns, times[:1], repeats, seed,
-                **on).items()}
-            result["val"]["protocols"][name] = {"drift": drift, "n_w": sweep}
+        result["val"] = {"clean": accuracy(model, data.val), "protocols": {
+            name: on_device(data.val, protocol, exp.n_w_columns)
+            for name, protocol in protocols}}
     return result
 
 
