@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import hwa
+from .ablation_report import write_ablation
 from .analog import drift_accuracy, n_w_sweep
 from .checks import evaluation_device, model_state, prepare
 from .config import defaults
@@ -30,8 +31,9 @@ from .errors import ConfigError
 from .flwr_cli import completed_run, run_config_string
 from .models import deployed_model
 from .outputs import RunFolder
-from .reporting import drift_label, write_ablation
-from .schema import ARM_NAMES, CONF_KEY
+from .reporting import drift_label
+from .schema import CONF_KEY
+from .schema_ablation import ARM_NAMES
 from .settings import Experiment
 from .training import accuracy
 
@@ -49,7 +51,8 @@ def arms(exp: Experiment) -> dict[str, Arm]:
     trains without any noise whatever the noise model."""
     one_client = {"training.client_num_in_total": 1, "training.use_neg": False,
                   "training.use_fl": True}
-    single = one_client | {"recovery.noise_0.act_inject.sigma": exp.single_sigma}
+    sigma = exp.ablation.single_sigma
+    single = one_client | {"recovery.noise_0.act_inject.sigma": sigma}
     analog = {"training.noise_model": "analog"}
     chip = " on the chip's noise" if exp.training.chip is not None else ""
     msnat = ("MSNAT" if exp.fused and exp.feedback else
@@ -58,10 +61,9 @@ def arms(exp: Experiment) -> dict[str, Arm]:
         "vanilla": Arm("vanilla (no noise)", "flwr",
                        one_client | {"recovery.noise_0.act_inject.sigma": 0.0,
                                      "training.noise_model": "weight"}),
-        "noise_injection": Arm(f"noise injection{chip} (sigma {exp.single_sigma:g})", "flwr",
-                               single),
+        "noise_injection": Arm(f"noise injection{chip} (sigma {sigma:g})", "flwr", single),
         "noise_injection_analog": Arm(f"noise injection on the chip's noise (sigma "
-                                      f"{exp.single_sigma:g})", "flwr", single | analog),
+                                      f"{sigma:g})", "flwr", single | analog),
         "msnat_no_fi": Arm(f"MSNAT w/o FI{chip}", "flwr", {"training.use_fl": False}),
         "msnat_no_fl": Arm(f"MSNAT w/o FL{chip}", "flwr", {"training.use_neg": False}),
         "msnat": Arm(msnat + chip, "flwr", {}),
@@ -90,6 +92,7 @@ class Trained:
     wall_seconds: float
     epochs: float
     note: str = ""
+    best_val: float | None = None  # the best clean validation accuracy during training
 
 
 def arm_run_config(name: str, arm: Arm, exp: Experiment, overrides: Mapping[str, Any],
@@ -140,7 +143,7 @@ def plan(exp: Experiment, overrides: Mapping[str, Any], out: Path, seeds: Sequen
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(table)}")
-    if exp.ablation_pretrained and "vanilla" not in names:
+    if exp.ablation.pretrained and "vanilla" not in names:
         names = ["vanilla", *names]  # the pre-training of every other arm
     runs = []
     for seed in seeds:
@@ -206,14 +209,25 @@ def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None,
     passes = sum(c["sample_passes"] for c in run_folder.client_replies())
     note = (f"best of K={exp.clients} by validation: sigma "
             f"{exp.noise_levels[best]:g}") if not exp.fused else ""
-    return Trained(models[best], passes, wall, exp.rounds * exp.local_epochs, note)
+    curve = [r["val_acc"] for r in run_folder.read_jsonl("metrics.jsonl")]
+    return Trained(models[best], passes, wall, exp.rounds * exp.local_epochs, note,
+                   max(curve, default=None))
 
 
-def train_hwa_arm(run: ArmRun, msnat_passes: int | None, init: Path | None = None) -> Trained:
+def hwa_checkpoint(out: Path, name: str, seed: int) -> Path:
+    """Where HWA arm `name` of `seed` keeps its state after every epoch until its row is
+    written (`hwa.train_analog`: an interrupted arm continues after its last epoch)."""
+    return out / "runs" / f"{name}-seed{seed}" / "hwa_epoch.pt"
+
+
+def train_hwa_arm(run: ArmRun, msnat_passes: int | None, out: Path,
+                  init: Path | None = None) -> Trained:
     """aihwkit's HWA for the arm's epochs: the experiment's rounds x local epochs, or for
     'hwa_compute' as many epochs as the seed's 'msnat' arm spent sample passes (both
     counted without a shared pre-training); from the weights in `init` if given, else from
-    `model.init` or the seeded fresh model the flwr arms start from."""
+    `model.init` or the seeded fresh model the flwr arms start from. It checkpoints every
+    epoch (`hwa_checkpoint`) and continues from there when interrupted; its validation
+    accuracy is measured after every epoch (for the collapse check)."""
     exp, data = run.exp, run.data
     epochs = exp.rounds * exp.local_epochs
     if run.name == "hwa_compute":
@@ -222,8 +236,13 @@ def train_hwa_arm(run: ArmRun, msnat_passes: int | None, init: Path | None = Non
         epochs = max(1, round(msnat_passes / len(data.train)))
     start = init or exp.model_init
     weights = model_state(start, exp, "the HWA arm's start") if start is not None else None
-    model, stats = hwa.train_hwa(exp.model, exp.hwa, data, epochs, exp.seed, init=weights)
-    return Trained(model, int(stats["sample_gradients"]), stats["wall_s"], epochs)
+    model, stats = hwa.train_hwa(exp.model, exp.hwa, data, epochs, exp.seed, init=weights,
+                                 checkpoint=hwa_checkpoint(out, run.name, run.seed),
+                                 validate=True)
+    resumed = stats["resumed_after_epoch"]
+    return Trained(model, int(stats["sample_gradients"]), stats["wall_s"], epochs,
+                   f"continued after epoch {resumed}" if resumed else "",
+                   max(stats["val_curve"]))
 
 
 def save_model(model: nn.Module, path: Path) -> None:
@@ -259,9 +278,9 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
         "clean": accuracy(model, data.test),
         "protocols": {name: on_device(data.test, protocol, evaluation.n_w_sweep)
                       for name, protocol in protocols}, "torch_device": str(device)}
-    if exp.ablation_validation:  # what recipes are chosen on; same seed, other images
+    if exp.ablation.validation:  # what recipes are chosen on; same seed, other images
         result["val"] = {"clean": accuracy(model, data.val), "protocols": {
-            name: on_device(data.val, protocol, exp.n_w_columns)
+            name: on_device(data.val, protocol, exp.ablation.n_w_columns)
             for name, protocol in protocols}}
     return result
 
@@ -272,11 +291,14 @@ ROWS_FILE = "rows.jsonl"  # one finished (arm, seed) per line
 
 def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings every row of one ablation folder shares: the resolved config without
-    the seed (seeds may be added later), the run name and the conf file's path (its values
-    are in the resolved config, so a moved checkout continues its folders), as JSON types
-    (what the folder's file holds, so the two compare)."""
-    return json.loads(json.dumps(
-        {k: v for k, v in config.items() if k not in ("seed", "output.name", CONF_KEY)}))
+    the seed (seeds may be added later), the run name, the conf file's path (its values
+    are in the resolved config, so a moved checkout continues its folders) and what only
+    the report reads (`ablation.reference`), as JSON types (what the folder's file holds,
+    so the two compare)."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in REPORT_ONLY}))
+
+
+REPORT_ONLY = ("seed", "output.name", CONF_KEY, "ablation.reference")
 
 
 def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
@@ -317,7 +339,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
     Every run is planned and checked first (`plan`), before any work. Run again with the
     same `out` and settings (more seeds or arms allowed), it continues: finished (arm, seed)
     rows are kept from `out/rows.jsonl`, an interrupted `flwr run` is resumed from its last
-    checkpoint, an interrupted HWA arm is trained again; the tables and plots are rendered
+    checkpoint, an interrupted HWA arm after its last epoch; the tables and plots are rendered
     from the folder's rows and the new ones. An arm whose run would be the 'msnat' run
     itself (`same_run_as_msnat`) is not trained. ConfigError (before any work) when `out`
     holds an ablation of other settings."""
@@ -340,7 +362,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
             continue
         label = run.arm.label
         init, pre = None, 0  # the pre-training, where the arms fine-tune vanilla's model
-        if exp.ablation_pretrained and run.name != "vanilla":
+        if exp.ablation.pretrained and run.name != "vanilla":
             init, pre = model_path(out, "vanilla", run.seed), passes[("vanilla", run.seed)]
         progress(f"[seed {run.seed}] training {label}"
                  f"{' from the vanilla model' if init else ''} ...")
@@ -348,7 +370,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
             trained = train_flwr_arm(run, out, env, init)
         else:
             msnat = passes.get(("msnat", run.seed))
-            trained = train_hwa_arm(run, None if msnat is None else msnat - pre, init)
+            trained = train_hwa_arm(run, None if msnat is None else msnat - pre, out, init)
         trained.sample_passes += pre
         passes[(run.name, run.seed)] = trained.sample_passes
         if init is not None:
@@ -361,12 +383,14 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
                "epochs": trained.epochs, "sample_passes": trained.sample_passes,
                "pretrained_passes": pre, "model": str(model_path(out, run.name, run.seed)),
                "wall_seconds": round(trained.wall_seconds, 1), "note": trained.note,
-               **metrics}
+               "best_val_during_training": trained.best_val,
+               "num_classes": run.data.num_classes, **metrics}
         rows.append(row)
         with open(out / ROWS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
-        write_ablation(rows, exp.n_w_columns, out)
+        hwa_checkpoint(out, run.name, run.seed).unlink(missing_ok=True)  # the row has it
+        write_ablation(rows, exp.ablation.n_w_columns, out, exp.ablation.reference)
         rendered = True
     if rows and not rendered:  # nothing left to train: render what the folder holds
-        write_ablation(rows, exp.n_w_columns, out)
+        write_ablation(rows, exp.ablation.n_w_columns, out, exp.ablation.reference)
     return rows

@@ -23,7 +23,8 @@ from .checks import evaluation_device, prepare
 from .config import parse_run_config
 from .errors import ConfigError
 from .outputs import CHECKPOINT
-from .schema import ARM_NAMES, CONF_KEY
+from .schema import CONF_KEY
+from .schema_ablation import ARM_NAMES
 from .settings import Experiment, load
 from .training import TrainingDiverged
 

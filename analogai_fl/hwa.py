@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,9 +58,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from .analog import convert_every_layer, converter_resolution, cuda_indices
 from .data import Splits
 from .models import merge_grouped_convs, model_for, split_grouped_convs
-from .settings import HWASettings
+from .settings_ablation import HWASettings
 from .streams import seed_for
-from .training import check_finite, training_loader
+from .training import accuracy, check_finite, training_loader
 
 # `ablation.hwa.remap` and `.clip_type` -> aihwkit's types (applied by the tile's
 # post_update_step after every optimiser step: clip first, then remap)
@@ -153,14 +154,29 @@ def logical_weights(analog: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, seed: int,
                  device: torch.device | str = "cpu",
                  on_epoch: Callable[[int, nn.Module], None] | None = None,
-                 init: Mapping[str, torch.Tensor] | None = None
+                 init: Mapping[str, torch.Tensor] | None = None,
+                 checkpoint: Path | None = None, validate: bool = False
                  ) -> tuple[nn.Module, dict[str, Any]]:
     """HWA training of a fresh `build_model` (init, batch order and the torch tile's noise
     from `streams.seed_for(seed, ...)`: the same initial model as the flwr arms of the same
     seed), or of the weights `init` (a state_dict of that model: fine-tuning a pretrained
     model); returns the ANALOG model (train mode left on) and the training statistics.
     `on_epoch(epoch, analog)` is called after each epoch (1-based; e.g. a validation
-    curve), outside the seeded RNG."""
+    curve), outside the seeded RNG. With `validate`, the analog model's accuracy on the
+    validation split (eval mode: no weight modifier; output noise and converters on) is
+    measured after each epoch: stats["val_curve"], fractions.
+
+    With `checkpoint` (a file path), the state after every epoch is written there
+    atomically (tile weights, optimiser, schedule, the loader's and torch's RNG, the
+    curve), and a run that finds the file continues after its epoch. On the torch tile
+    without remapping that gives exactly the uninterrupted run. With remapping it continues
+    from the same state but not bit for bit: aihwkit 1.2's torch-tile remap replaces the
+    tile's weight tensor and leaves the analog context on the old one, which loading a
+    state_dict re-binds, and the gradients after that differ slightly (measured: weights
+    within 1e-3 after two more epochs, tests/test_hwa.py). The C++ tile's own noise
+    generator cannot be saved, so there it continues with other draws (as two C++ runs
+    differ anyway). ValueError for fewer than one epoch, or a checkpoint of more epochs than
+    `epochs` or that cannot be read (naming the file)."""
     if epochs < 1:
         raise ValueError(f"HWA training needs at least one epoch, got {epochs}")
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -172,6 +188,10 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
         if init is not None:
             model.load_state_dict(init)
         analog = to_analog_trainable(model, hwa, device)
+        saved = _read(checkpoint, epochs) if checkpoint is not None and checkpoint.exists() \
+            else None
+        if saved is not None:  # before the optimiser: loading replaces the tiles' parameters
+            analog.load_state_dict(saved["model"])
         torch.manual_seed(seed_for(seed, "hwa-noise"))  # the torch tile's training noise
         optimizer = AnalogSGD(analog.parameters(), lr=hwa.lr, momentum=hwa.momentum,
                               weight_decay=hwa.weight_decay)
@@ -179,9 +199,17 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
         schedule = CosineAnnealingLR(optimizer, T_max=epochs) if hwa.schedule == "cosine" \
             else None
         loader = training_loader(data.train, hwa.batch_size, seed_for(seed, "shuffle"))
+        done, curve = 0, []
+        if saved is not None:
+            done, curve = saved["epoch"], list(saved["val_curve"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if schedule is not None:
+                schedule.load_state_dict(saved["schedule"])
+            loader.generator.set_state(saved["loader_rng"])
+            torch.set_rng_state(saved["torch_rng"])
         analog.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        for epoch in range(epochs):
+        for epoch in range(done, epochs):
             loss_sum, correct, seen = 0.0, 0, 0  # statistics of the last epoch
             for step, (x, y) in enumerate(loader):
                 x, y = x.to(device), y.to(device)
@@ -200,10 +228,19 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
                 seen += len(y)
             if schedule is not None:
                 schedule.step()
-            if on_epoch is not None:
+            if validate:
                 with torch.random.fork_rng(devices=cuda):  # the training draws stay the same
+                    curve.append(accuracy(analog, data.val, device=device))
+            if checkpoint is not None:
+                _save(checkpoint, epoch + 1, curve, analog, optimizer, schedule, loader,
+                      {"loss_sum": loss_sum, "correct": correct, "seen": seen})
+            if on_epoch is not None:
+                with torch.random.fork_rng(devices=cuda):
                     on_epoch(epoch + 1, analog)
-                analog.train()
+            analog.train()
+        if saved is not None and done == epochs:  # finished before: its last epoch's figures
+            last = saved["last_epoch"]
+            loss_sum, correct, seen = last["loss_sum"], last["correct"], last["seen"]
     check_finite(loss_sum, analog, f"HWA baseline after {epochs} epoch(s)",
                  f"try a smaller ablation.hwa.lr (now {hwa.lr:g})", logical_weights(analog))
     examples = len(data.train)
@@ -211,6 +248,7 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
         "method": "hwa",
         "tile": hwa.tile,
         "epochs": epochs,
+        "resumed_after_epoch": done,
         "train_examples": examples,
         # one noisy forward + one backward per example per epoch, no extra passes
         "sample_gradients": examples * epochs,
@@ -218,20 +256,54 @@ def train_analog(model_name: str, hwa: HWASettings, data: Splits, epochs: int, s
         # last epoch, measured on the noisy training-mode passes
         "train_loss": loss_sum / seen,
         "train_acc": correct / seen,
-        "wall_s": time.perf_counter() - start,
+        "val_curve": curve,
+        "wall_s": time.perf_counter() - start,  # this process's part, when resumed
         "cpu_s": time.process_time() - cpu_start,  # this process's CPU time, all threads
     }
     return analog, stats
 
 
+def _save(path: Path, epoch: int, curve: list[float], analog: nn.Module,
+          optimizer: torch.optim.Optimizer, schedule: Any, loader: Any,
+          last_epoch: Mapping[str, float]) -> None:
+    """One epoch's training state to `path`, written atomically (see `train_analog`)."""
+    state = {"epoch": epoch, "val_curve": list(curve), "model": analog.state_dict(),
+             "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict() if schedule is not None else None,
+             "loader_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(),
+             "last_epoch": dict(last_epoch)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _read(path: Path, epochs: int) -> dict[str, Any]:
+    """The state `_save` wrote to `path`; ValueError naming the file when it cannot be read
+    or holds more epochs than `epochs`."""
+    try:
+        state = torch.load(path, weights_only=False)
+        done = int(state["epoch"])
+    except Exception as error:
+        raise ValueError(f"HWA checkpoint {path}: not readable ({error}); delete it to train "
+                         "this arm again") from error
+    if done > epochs:
+        raise ValueError(f"HWA checkpoint {path}: {done} epochs done, more than the {epochs} "
+                         "this arm trains; delete it to train this arm again")
+    return state
+
+
 def train_hwa(model_name: str, hwa: HWASettings, data: Splits, epochs: int, seed: int,
               device: torch.device | str = "cpu",
-              init: Mapping[str, torch.Tensor] | None = None
+              init: Mapping[str, torch.Tensor] | None = None,
+              checkpoint: Path | None = None, validate: bool = False
               ) -> tuple[nn.Module, dict[str, Any]]:
-    """aihwkit HWA training; returns a plain digital `build_model` with the trained weights
-    (on CPU, eval mode) and the statistics (wall_s includes the conversion back)."""
+    """aihwkit HWA training (`train_analog`, with its checkpoint and validation curve);
+    returns a plain digital `build_model` with the trained weights (on CPU, eval mode) and
+    the statistics (wall_s includes the conversion back)."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    analog, stats = train_analog(model_name, hwa, data, epochs, seed, device, init=init)
+    analog, stats = train_analog(model_name, hwa, data, epochs, seed, device, init=init,
+                                 checkpoint=checkpoint, validate=validate)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
         template = model_for(model_name, data.shape)
     digital = merge_grouped_convs(to_digital(analog, split_grouped_convs(template))).eval()

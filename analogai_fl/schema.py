@@ -20,9 +20,6 @@ DEVICES = ("PCM", "ReRAM", "ideal")
 PROTOCOLS = ("realistic", "seed")
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 MODEL_NAMES = ("lenet", "mlp", "vgg8", "resnet18", "mobilenetv2")
-# the ablation's arms, in training order (`ablation.arms` defines them)
-ARM_NAMES = ("vanilla", "noise_injection", "noise_injection_analog", "msnat_no_fi",
-             "msnat_no_fl", "msnat", "msnat_analog", "hwa", "hwa_compute")
 STRATEGY_NAMES = ("msnat", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 # ReRamWan2022NoiseModel's measured times (s): the keys of its `coeff_dic` in aihwkit 1.1.0
 # (tests/test_analog.py checks this against the installed aihwkit).

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from .schema_key import Key, converter_bits
 
+# the ablation's arms, in training order (`ablation.arms` defines them)
+ARM_NAMES = ("vanilla", "noise_injection", "noise_injection_analog", "msnat_no_fi",
+             "msnat_no_fl", "msnat", "msnat_analog", "hwa", "hwa_compute")
+
 
 def ablation_keys() -> dict[str, Key]:
     h = "ablation.hwa"
@@ -20,6 +24,9 @@ def ablation_keys() -> dict[str, Key]:
                                    "sample passes)"),
         "ablation.n_w_columns": Key([0.1, 0.2], "n_w values shown as columns of the ablation "
                                     "table (each must be in inference.n_w_sweep)", minimum=0.0),
+        "ablation.reference": Key("hwa", "the arm every other arm is compared with in the "
+                                  "report: paired per-seed differences with 95% t-intervals "
+                                  "(the strongest baseline: aihwkit's HWA)", choices=ARM_NAMES),
         f"{h}.lr": Key(0.05, "HWA baseline: AnalogSGD lr", minimum=0.0, above_minimum=True),
         f"{h}.momentum": Key(0.9, "HWA baseline: AnalogSGD momentum", minimum=0.0),
         f"{h}.weight_decay": Key(5e-4, "HWA baseline: AnalogSGD weight decay (L2; aihwkit's "

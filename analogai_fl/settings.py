@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .outputs import OutputSettings
 from .recovery import Attack, Sam
 from .schema import CONF_KEY, DEFAULT_CONF, MAX_NOISE_LEVELS, PROTOCOLS, RERAM_DRIFT_TIMES
+from .settings_ablation import AblationSettings, HWASettings, ablation_settings, hwa_settings
 from .training import Feedback, LocalTraining
 
 
@@ -76,28 +77,6 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class HWASettings:
-    """aihwkit's hardware-aware training, the ablation's baseline (`ablation.hwa.*`)."""
-
-    lr: float
-    momentum: float
-    batch_size: int
-    modifier_std: float  # relative to the tile's max|W|
-    out_noise: float
-    weight_scaling_omega: float
-    weight_scaling_columnwise: bool
-    weight_decay: float
-    schedule: str  # cosine or constant, over the epochs
-    remap: str  # layerwise, channelwise or none (aihwkit WeightRemapType)
-    clip_type: str  # gaussian, fixed or none (aihwkit WeightClipType)
-    clip_sigma: float  # clip_type gaussian: stds of the layer's weights
-    clip: float  # clip_type fixed: +-clip in the tile's mapped units
-    dac_bits: int
-    adc_bits: int
-    tile: str
-
-
-@dataclass(frozen=True)
 class StrategySettings:
     """`strategy.*`: which strategy aggregates the K noise levels, with its parameters."""
 
@@ -143,11 +122,8 @@ class Experiment:
     strategy: StrategySettings
     evaluation: Evaluation
     hwa: HWASettings
-    single_sigma: float  # the ablation's noise-injection arm
-    ablation_pretrained: bool  # the training arms fine-tune the vanilla arm's model
+    ablation: AblationSettings
     out_noise_scales: bool  # noise_model=analog: client k's output noise scales with sigma_k
-    ablation_validation: bool  # the ablation also measures the validation split
-    n_w_columns: tuple[float, ...]
     federation: FederationSettings
     output: OutputSettings
 
@@ -187,13 +163,6 @@ class Experiment:
             raise ConfigError(f"key 'training.use_fl' is false (K independent models, nothing "
                               f"to aggregate) but strategy.name is '{strategy.name}': FI off "
                               "runs only with strategy.name=msnat")
-        n_w_columns = tuple(cfg["ablation.n_w_columns"])
-        missing = [v for v in n_w_columns if v not in evaluation.n_w_sweep]
-        if missing:
-            raise ConfigError(f"key 'ablation.n_w_columns' lists n_w {missing} that "
-                              f"inference.n_w_sweep {list(evaluation.n_w_sweep)} does not "
-                              "measure")
-        single = cfg["ablation.single_sigma"]
         training = _training(cfg, sigmas[0], feedback)
         return cls(
             config=dict(cfg), conf=cfg.get(CONF_KEY, DEFAULT_CONF), seed=seed,
@@ -204,12 +173,10 @@ class Experiment:
             local_epochs=training.epochs, fused=fused, feedback=feedback,
             proximal_mu=cfg["training.proximal_mu"], training=training,
             act_sigmas=_act_sigmas(cfg, k_total),
-            strategy=strategy, evaluation=evaluation, hwa=_hwa(cfg),
-            single_sigma=single if single is not None else statistics.median(sigmas),
-            ablation_pretrained=cfg["ablation.pretrained"],
+            strategy=strategy, evaluation=evaluation, hwa=hwa_settings(cfg),
+            ablation=ablation_settings(cfg, evaluation.n_w_sweep, sigmas),
             out_noise_scales=cfg["training.analog.out_noise_scales"],
-            ablation_validation=cfg["ablation.validation"],
-            n_w_columns=n_w_columns, federation=_federation(cfg, k_total),
+            federation=_federation(cfg, k_total),
             output=_output(cfg))
 
 
@@ -348,20 +315,6 @@ def _torch_device(cfg: Mapping[str, Any]) -> str:
                           f"inference.tile=torch (aihwkit's PyPI wheel has no CUDA C++ "
                           f"tiles), got '{cfg['inference.tile']}'")
     return device
-
-
-def _hwa(cfg: Mapping[str, Any]) -> HWASettings:
-    return HWASettings(
-        lr=cfg["ablation.hwa.lr"], momentum=cfg["ablation.hwa.momentum"],
-        batch_size=cfg["ablation.hwa.batch_size"], modifier_std=cfg["ablation.hwa.modifier_std"],
-        out_noise=cfg["ablation.hwa.out_noise"],
-        weight_scaling_omega=cfg["ablation.hwa.weight_scaling_omega"],
-        weight_scaling_columnwise=cfg["ablation.hwa.weight_scaling_columnwise"],
-        weight_decay=cfg["ablation.hwa.weight_decay"], schedule=cfg["ablation.hwa.schedule"],
-        remap=cfg["ablation.hwa.remap"], clip_type=cfg["ablation.hwa.clip_type"],
-        clip_sigma=cfg["ablation.hwa.clip_sigma"],
-        clip=cfg["ablation.hwa.clip"], dac_bits=cfg["ablation.hwa.dac_bits"],
-        adc_bits=cfg["ablation.hwa.adc_bits"], tile=cfg["ablation.hwa.tile"])
 
 
 def _strategy(cfg: Mapping[str, Any]) -> StrategySettings:

@@ -143,8 +143,19 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
     assert [t["arm"] for t in table] == [r["arm"] for r in rows]
     assert {"realistic_pcm_1d_mean", "seed_n_w_0.2_mean", "sample_passes"} <= set(table[0])
     md = (out / "results.md").read_text()
-    assert md.count("| MSNAT | 1 |") == 3 and "n_w 0.2" in md  # per protocol, and validation
-    assert "- `seed` PCM 1d: " in md and "one seed, no spread" in md  # who leads each column
+    # per protocol, validation and normalised accuracy
+    assert md.count("| MSNAT | 1 |") == 4 and "n_w 0.2" in md
+    # each arm against the reference (HWA), paired by seed: one seed gives no interval
+    assert "**Paired differences against aihwkit HWA" in md and "(one seed)" in md
+    assert "These tables make 24 comparisons" in md  # 3 arms x (clean, 1s, 1d, n_w) x 2
+    assert "**Normalised accuracy**" in md
+    with open(out / "paired.csv") as f:
+        paired = list(csv.DictReader(f))
+    assert {p["arm"] for p in paired} == {"vanilla", "msnat_no_fi", "msnat"}
+    assert all(p["reference"] == "hwa" and p["verdict"] == "one seed" for p in paired)
+    for r in rows:  # what the collapse check reads
+        assert r["num_classes"] == 10 and 0 < r["best_val_during_training"] <= 1
+    assert not list((out / "runs").glob("hwa-seed3/hwa_epoch.pt"))  # the row holds it now
     # validation measured alongside test, for choosing on validation and reporting on test
     for r in rows:
         assert 0 <= r["val"]["clean"] <= 1

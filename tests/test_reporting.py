@@ -1,5 +1,5 @@
-"""Reports (`analogai_fl.reporting`): drift labels, the ablation's tables, curves and the
-seed-spread verdict on who leads."""
+"""Reports (`analogai_fl.reporting`, `analogai_fl.ablation_report`): drift labels, the
+ablation's tables and curves, its paired comparisons, normalised accuracy and collapsed arms."""
 
 import pytest
 
@@ -24,7 +24,7 @@ def _row(arm, seed, acc):
 
 
 def test_the_table_gives_each_method_its_seed_count_and_spread():
-    from analogai_fl.reporting import ablation_markdown
+    from analogai_fl.ablation_report import ablation_markdown
     rows = [_row("a", 1, 0.80), _row("a", 2, 0.90), _row("b", 1, 0.70)]
     md = ablation_markdown(rows, [0.1])
     tables = [part for part in md.split("\n\n") if part.startswith("| method")]
@@ -37,7 +37,7 @@ def test_the_table_gives_each_method_its_seed_count_and_spread():
 
 
 def test_the_validation_table_shows_the_n_w_columns_when_measured():
-    from analogai_fl.reporting import ablation_markdown
+    from analogai_fl.ablation_report import ablation_markdown
     old = [_row("a", 1, 0.80)]  # a row written before validation measured n_w
     new = [_row("a", 1, 0.80)]
     for name in schema.PROTOCOLS:
@@ -48,7 +48,7 @@ def test_the_validation_table_shows_the_n_w_columns_when_measured():
 
 
 def test_the_plotted_curve_is_the_mean_over_seeds_with_their_spread():
-    from analogai_fl.reporting import seed_curve
+    from analogai_fl.ablation_report import seed_curve
     xs, ys, spread = seed_curve([_row("a", 1, 0.80), _row("a", 2, 0.90)], "realistic", "drift")
     assert xs == [1.0] and ys == pytest.approx([85.0])
     assert spread == pytest.approx([7.0711], abs=1e-3)  # sample std of 80 and 90
@@ -57,7 +57,7 @@ def test_the_plotted_curve_is_the_mean_over_seeds_with_their_spread():
 
 
 def test_each_seed_note_is_listed_once_with_its_seeds():
-    from analogai_fl.reporting import ablation_markdown
+    from analogai_fl.ablation_report import ablation_markdown
     rows = [_row("a", seed, 0.8) | {"note": f"best of K=5 by validation: sigma {sigma}"}
             for seed, sigma in ((1, 0.04), (2, 0.02), (3, 0.04))]
     md = ablation_markdown(rows, [0.1])
@@ -66,13 +66,83 @@ def test_each_seed_note_is_listed_once_with_its_seeds():
     assert md.count("sigma 0.04") == 1
 
 
-def test_a_lead_inside_the_seed_spread_is_not_called_a_win():
-    from analogai_fl.reporting import leader
-    wide = leader({"A": [0.80, 0.86, 0.83], "B": [0.81, 0.82, 0.80]})  # stds 3.0 and 1.0
-    assert wide.startswith("A 83.0 ± 3.0 leads B 81.0 ± 1.0 by 2.0 points")
-    assert wide.endswith("within the seed spread (3.0), not a win")
-    tight = leader({"B": [0.81, 0.82, 0.80], "A": [0.84, 0.85, 0.83]})
-    assert tight.startswith("A 84.0 ± 1.0 leads B") and tight.endswith("a win, beyond the "
-                                                                         "seed spread")
-    assert leader({"A": [0.9], "B": [0.8, 0.7]}).endswith("one seed, no spread to judge by")
-    assert "the only method" in leader({"A": [0.9, 0.8]})
+def _scaled(arm, seed, acc, realistic_1s):
+    """A row whose realistic PCM 1s accuracy is `realistic_1s` and every other one `acc`."""
+    row = _row(arm, seed, acc)
+    entry = {"mean": realistic_1s, "std": 0.0, "seconds": 1.0}
+    row["protocols"] = dict(row["protocols"]) | {
+        "realistic": {"drift": {"1s": entry}, "n_w": row["protocols"]["realistic"]["n_w"]}}
+    return row
+
+
+def test_arms_are_compared_with_the_reference_by_paired_per_seed_differences():
+    from analogai_fl.ablation_report import paired_markdown
+    # per seed, b - hwa at realistic 1s: +1, +2, +3 points: a win; the seed-to-seed spread
+    # of either arm (10 points) is far larger than the lead, but the pairs are consistent
+    rows = [_scaled("hwa", s, 0.8, 0.60 + 0.10 * s) for s in (1, 2, 3)] + \
+           [_scaled("b", s, 0.8, 0.60 + 0.10 * s + 0.01 * s) for s in (1, 2, 3)] + \
+           [_scaled("c", s, 0.8, 0.60 + 0.10 * s + d) for s, d in ((1, 0.02), (2, -0.02),
+                                                                   (3, 0.01))]
+    md = paired_markdown(rows, ["1s"], [0.1], "hwa")
+    realistic = md.split("`realistic`")[1].split("`seed`")[0]
+    line_b = next(x for x in realistic.splitlines() if x.startswith("| B |"))
+    # mean 2.0, sample std 1.0, t(0.975, 2) = 4.303: half-width 4.303 / sqrt(3) = 2.48
+    assert "+2.0 [-0.5, +4.5] no difference shown" in line_b
+    line_c = next(x for x in realistic.splitlines() if x.startswith("| C |"))
+    assert "no difference shown" in line_c
+    # 2 arms x 3 columns (clean, PCM 1s, n_w 0.1) x 2 protocols
+    assert "These tables make 12 comparisons" in md
+    assert "no reference arm" not in md and "| HWA |" not in realistic
+
+
+def test_a_consistent_lead_is_a_win_and_a_consistent_deficit_a_loss():
+    from analogai_fl.ablation_report import paired_markdown
+    rows = [_scaled("hwa", s, 0.8, 0.60 + 0.10 * s) for s in (1, 2, 3, 4, 5)] + \
+           [_scaled("b", s, 0.8, 0.62 + 0.10 * s + 0.001 * s) for s in (1, 2, 3, 4, 5)] + \
+           [_scaled("c", s, 0.8, 0.57 + 0.10 * s - 0.001 * s) for s in (1, 2, 3, 4, 5)]
+    realistic = paired_markdown(rows, ["1s"], [0.1], "hwa").split("`realistic`")[1]
+    assert " win |" in next(x for x in realistic.splitlines() if x.startswith("| B |"))
+    assert " loss |" in next(x for x in realistic.splitlines() if x.startswith("| C |"))
+    assert "+0.0 [+0.0, +0.0] no difference shown" in realistic  # the equal clean column
+
+
+def test_without_the_reference_arm_no_comparison_is_made():
+    from analogai_fl.ablation_report import ablation_markdown
+    md = ablation_markdown([_row("a", 1, 0.8), _row("vanilla", 1, 0.9)], [0.1], "hwa")
+    assert "the reference arm 'hwa' (`ablation.reference`) is not in this folder" in md
+
+
+def test_normalised_accuracy_is_relative_to_the_vanilla_arm_of_the_same_seed():
+    from analogai_fl.ablation_report import normalised_rows
+    rows = [_row("vanilla", 1, 0.9), _row("a", 1, 0.5), _row("a", 2, 0.5)]
+    table = normalised_rows(rows, ["1s"], [0.1])
+    assert [(t["arm"], t["seed"]) for t in table] == [("vanilla", 1), ("a", 1)]  # seed 2:
+    # no vanilla row, no reference error
+    a = table[1]
+    # err 0.5, err_FP 0.1, err_chance 0.9: A = 1 - 0.4 / 0.8
+    assert a["realistic PCM 1s"] == pytest.approx(0.5)
+    assert table[0]["seed n_w 0.1"] == pytest.approx(1.0)
+
+
+def test_a_collapsed_arm_is_flagged_and_not_compared():
+    from analogai_fl.ablation_report import ablation_markdown, paired_markdown
+    rows = [_row("hwa", s, 0.8) for s in (1, 2)] + [_row("b", 1, 0.11), _row("b", 2, 0.8)]
+    md = ablation_markdown(rows, [0.1], "hwa")
+    assert "| B COLLAPSED (seed 1) | 2 |" in md
+    assert "- COLLAPSED: B, seed 1: clean test accuracy 11.0% is at chance (10%)" in md
+    paired = paired_markdown(rows, ["1s"], [0.1], "hwa")
+    assert "collapsed (seed 1): not compared" in paired
+
+
+def test_the_paired_csv_has_a_line_per_protocol_column_and_arm(tmp_path):
+    import csv
+
+    from analogai_fl.ablation_report import write_ablation
+    rows = [_row("hwa", s, 0.8) for s in (1, 2)] + [_row("b", s, 0.9) for s in (1, 2)]
+    write_ablation(rows, [0.1], tmp_path, "hwa")
+    lines = list(csv.DictReader((tmp_path / "paired.csv").read_text().splitlines()))
+    assert len(lines) == 2 * 3  # protocols x (clean, PCM 1s, n_w 0.1), one arm
+    assert {(x["arm"], x["reference"], x["seeds"]) for x in lines} == {("b", "hwa", "1 2")}
+    assert float(lines[0]["mean_difference"]) == pytest.approx(0.1)
+    results = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert [x["collapsed"] for x in results] == ["", "", "", ""]

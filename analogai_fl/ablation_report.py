@@ -1,0 +1,285 @@
+"""`analogai-fl ablate`'s report: results.csv, results.md (a table per protocol, the validation
+table, paired differences against the reference arm and the normalised accuracy), paired.csv
+and the two plots. The statistics themselves live in `comparison`.
+
+Accuracies are fractions (0..1) in the data and percent only when formatted.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .comparison import (
+    Paired,
+    collapse_reason,
+    comparison_count,
+    normalised_accuracy,
+    paired_difference,
+)
+from .reporting import pyplot, spread
+from .schema import PROTOCOLS
+
+
+def _flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    flat = {k: row[k] for k in ("arm", "method", "seed", "epochs", "sample_passes",
+                                "wall_seconds", "clean")}
+    for name in PROTOCOLS:
+        for label, v in row["protocols"][name]["drift"].items():
+            flat[f"{name}_pcm_{label}_mean"] = v["mean"]
+            flat[f"{name}_pcm_{label}_std"] = v["std"]
+        for n_w, v in row["protocols"][name]["n_w"].items():
+            flat[f"{name}_n_w_{n_w:g}_mean"] = v["mean"]
+            flat[f"{name}_n_w_{n_w:g}_std"] = v["std"]
+    if "val" in row:
+        flat["val_clean"] = row["val"]["clean"]
+        for name in PROTOCOLS:
+            results = row["val"]["protocols"][name]
+            for label, v in results["drift"].items():
+                flat[f"val_{name}_pcm_{label}_mean"] = v["mean"]
+            for n_w, v in results.get("n_w", {}).items():
+                flat[f"val_{name}_n_w_{n_w:g}_mean"] = v["mean"]
+    return flat | {"collapsed": collapse_reason(row) or "", "note": row["note"]}
+
+
+def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[float],
+                      reference: str = "hwa") -> str:
+    """One table per protocol, one row per method: mean ± std over its seeds (the sample
+    std; column "seeds" says how many, as methods may have different numbers in a folder
+    still being filled), the validation table, the paired differences against the
+    `reference` arm and the normalised accuracy. A PCM cell of one seed is the mean over
+    Monte-Carlo repeats. A method with a collapsed seed (`comparison.collapse_reason`) is
+    marked "COLLAPSED" in every table, with the reason below."""
+    methods = list(dict.fromkeys(r["arm"] for r in rows))
+    collapsed = {(r["arm"], r["seed"]): why for r in rows if (why := collapse_reason(r))}
+
+    def title(arm: str) -> str:
+        seeds = sorted(s for a, s in collapsed if a == arm)
+        method = next(r["method"] for r in rows if r["arm"] == arm)
+        return method + (f" COLLAPSED (seed {', '.join(map(str, seeds))})" if seeds else "")
+
+    labels = list(rows[0]["protocols"]["realistic"]["drift"])
+    selected = n_w_columns
+    parts = []
+    for name in PROTOCOLS:
+        head = ["method", "seeds", "clean", *[f"PCM {x}" for x in labels],
+                *[f"n_w {v:g}" for v in selected], "sample passes", "wall s"]
+        lines = [f"**Protocol `{name}`** (test accuracy %, PCM with drift compensation per "
+                 f"the protocol; n_w columns at {labels[0]})", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for arm in methods:
+            mine = [r for r in rows if r["arm"] == arm]
+            cells = [title(arm), str(len(mine)), spread([r["clean"] for r in mine])]
+            results = [r["protocols"][name] for r in mine]
+            cells += [spread([p["drift"][x]["mean"] for p in results]) for x in labels]
+            cells += [spread([p["n_w"][v]["mean"] for p in results]) for v in selected]
+            cells += [f"{statistics.fmean(r['sample_passes'] for r in mine):.3g}",
+                      f"{statistics.fmean(r['wall_seconds'] for r in mine):.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    if all("val" in r for r in rows):
+        val_n_w = [v for v in selected
+                   if all(v in r["val"]["protocols"][n].get("n_w", {})
+                          for r in rows for n in PROTOCOLS)]
+        head = ["method", "seeds", "val clean",
+                *[f"{name} PCM {x}" for name in PROTOCOLS for x in labels],
+                *[f"{name} n_w {v:g}" for name in PROTOCOLS for v in val_n_w]]
+        lines = ["**Validation split** (accuracy %: the split that chooses recipes; the tables "
+                 f"above are test; n_w columns at {labels[0]})", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for arm in methods:
+            mine = [r["val"] for r in rows if r["arm"] == arm]
+            cells = [title(arm), str(len(mine)), spread([v["clean"] for v in mine])]
+            cells += [spread([v["protocols"][name]["drift"][x]["mean"] for v in mine])
+                      for name in PROTOCOLS for x in labels]
+            cells += [spread([v["protocols"][name]["n_w"][n_w]["mean"] for v in mine])
+                      for name in PROTOCOLS for n_w in val_n_w]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    parts.append(paired_markdown(rows, labels, selected, reference))
+    parts.append(normalised_markdown(rows, labels, selected))
+    seeds = sorted({r["seed"] for r in rows})
+    by_note: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        if r["note"]:
+            by_note.setdefault((r["method"], r["note"]), []).append(r["seed"])
+    notes = [f"- {method}: {note} (seed{'s' if len(s) > 1 else ''} "
+             f"{', '.join(map(str, sorted(s)))})" for (method, note), s in sorted(by_note.items())]
+    notes += [f"- COLLAPSED: {title(arm).split(' COLLAPSED')[0]}, seed {seed}: {why}"
+              for (arm, seed), why in collapsed.items()]
+    return "\n\n".join(parts) + (f"\n\nSeeds: {seeds}. " + "Sample passes: network passes x "
+                                 "examples spent in training (the compute budget).\n") + (
+        "\n".join(notes) + "\n" if notes else "")
+
+
+def _columns(labels: Sequence[str], n_w_columns: Sequence[float]) -> list[tuple[str, Any]]:
+    """The test columns compared: (title, row -> fraction under a protocol's results)."""
+    return [("clean", None)] + [(f"PCM {x}", ("drift", x)) for x in labels] + \
+        [(f"n_w {v:g}", ("n_w", v)) for v in n_w_columns]
+
+
+def _value(row: Mapping[str, Any], protocol: str, column: Any) -> float:
+    if column is None:
+        return row["clean"]
+    kind, key = column
+    return row["protocols"][protocol][kind][key]["mean"]
+
+
+def _paired(rows: Sequence[Mapping[str, Any]], arm: str, reference: str, protocol: str,
+            column: Any) -> Paired:
+    """`arm` - `reference` in one column under `protocol`, paired by seed."""
+    def by_seed(name: str) -> dict[int, float]:
+        return {r["seed"]: _value(r, protocol, column) for r in rows if r["arm"] == name}
+
+    return paired_difference(by_seed(arm), by_seed(reference))
+
+
+def paired_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
+                    n_w_columns: Sequence[float], reference: str) -> str:
+    """Per protocol, every arm against the `reference` arm: the paired per-seed difference
+    of each test column, mean [95% t-interval] in points and its verdict
+    (`comparison.Paired`), and how many comparisons the tables make. An arm with a collapsed
+    seed (`comparison.collapse_reason`) is flagged instead of compared."""
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    method = {r["arm"]: r["method"] for r in rows}
+    if reference not in arms:
+        return (f"**Paired differences**: none; the reference arm '{reference}' "
+                "(`ablation.reference`) is not in this folder.")
+    columns = _columns(labels, n_w_columns)
+    count = comparison_count(len(arms), len(columns), len(PROTOCOLS))
+    head = ["arm - " + method[reference], *[title for title, _ in columns]]
+    parts = [f"**Paired differences against {method[reference]}** (test, points: the arm "
+             "minus the reference per seed, mean [95% t-interval] over the seeds both have; "
+             "a win only when the interval is above zero, a loss when below). These tables "
+             f"make {count} comparisons: at 95% each, about {0.05 * count:.1f} false wins or "
+             "losses are expected between equal arms."]
+    for name in PROTOCOLS:
+        lines = [f"`{name}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for arm in arms:
+            if arm == reference:
+                continue
+            collapsed = sorted(r["seed"] for r in rows if r["arm"] in (arm, reference)
+                               and collapse_reason(r))
+            if collapsed:
+                cells = [f"collapsed (seed {', '.join(map(str, collapsed))}): not compared"] * \
+                    len(columns)
+            else:
+                cells = [_paired(rows, arm, reference, name, column).text()
+                         for _, column in columns]
+            lines.append("| " + " | ".join([method[arm], *cells]) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def normalised_rows(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
+                    n_w_columns: Sequence[float]) -> list[dict[str, Any]]:
+    """Per row whose seed has a vanilla row: Rasch et al. 2023's normalised accuracy A
+    (`comparison.normalised_accuracy`, against that vanilla row's clean test accuracy) of
+    every analog test column, keyed "<protocol> <title>" (fractions; A = 1: the digital
+    model's accuracy, 0: chance)."""
+    vanilla = {r["seed"]: r["clean"] for r in rows if r["arm"] == "vanilla"}
+    out = []
+    for r in rows:
+        if r["seed"] not in vanilla:
+            continue
+        values = {f"{name} {title}": normalised_accuracy(
+            _value(r, name, column), vanilla[r["seed"]], r.get("num_classes", 10))
+            for name in PROTOCOLS for title, column in _columns(labels, n_w_columns)[1:]}
+        out.append({"arm": r["arm"], "method": r["method"], "seed": r["seed"], **values})
+    return out
+
+
+def normalised_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
+                        n_w_columns: Sequence[float]) -> str:
+    """The normalised accuracy (`normalised_rows`) per arm: mean ± std over seeds."""
+    table = normalised_rows(rows, labels, n_w_columns)
+    if not table:
+        return "**Normalised accuracy**: none; it needs the vanilla arm of the same seed."
+    keys = [k for k in table[0] if k not in ("arm", "method", "seed")]
+    lines = ["**Normalised accuracy** A = 1 - (err - err_FP) / (err_chance - err_FP) (Rasch "
+             "et al. 2023; err_FP: the vanilla arm's clean test error of the same seed; "
+             "A x 100, mean ± std over seeds)", "",
+             "| " + " | ".join(["method", "seeds", *keys]) + " |",
+             "|" + "---|" * (len(keys) + 2)]
+    for arm in dict.fromkeys(t["arm"] for t in table):
+        mine = [t for t in table if t["arm"] == arm]
+        lines.append("| " + " | ".join([mine[0]["method"], str(len(mine)),
+                                        *[spread([t[k] for t in mine]) for k in keys]]) + " |")
+    return "\n".join(lines)
+
+
+def write_paired_csv(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
+                     n_w_columns: Sequence[float], reference: str, path: Path) -> None:
+    """paired.csv: one line per (protocol, column, arm) against `reference` (fractions)."""
+    arms = [a for a in dict.fromkeys(r["arm"] for r in rows) if a != reference]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["protocol", "column", "arm", "reference", "seeds", "mean_difference",
+                         "ci95_low", "ci95_high", "verdict"])
+        if reference not in {r["arm"] for r in rows}:
+            return
+        for name in PROTOCOLS:
+            for title, column in _columns(labels, n_w_columns):
+                for arm in arms:
+                    p = _paired(rows, arm, reference, name, column)
+                    writer.writerow([name, title, arm, reference, " ".join(map(str, p.seeds)),
+                                     p.mean, p.low, p.high, p.verdict])
+
+
+def write_ablation(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[float],
+                   out: Path, reference: str = "hwa") -> None:
+    """results.csv, results.md (`n_w_columns`: the n_w values shown), paired.csv (against
+    the `reference` arm) and the plots."""
+    flat = [_flat_row(r) for r in rows]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+    (out / "results.md").write_text(ablation_markdown(rows, n_w_columns, reference))
+    labels = list(rows[0]["protocols"]["realistic"]["drift"])
+    write_paired_csv(rows, labels, n_w_columns, reference, out / "paired.csv")
+    plot_ablation(rows, out)
+
+
+def seed_curve(rows: Sequence[Mapping[str, Any]], protocol: str, kind: str
+               ) -> tuple[list[float], list[float], list[float] | None]:
+    """One method's curve over its seeds' `rows` under `protocol`: x (seconds after
+    programming for kind "drift", n_w for "n_w"), the mean test accuracy in percent and its
+    sample std over seeds in points (None with one seed)."""
+    points = rows[0]["protocols"][protocol][kind]
+    xs = [points[k]["seconds"] for k in points] if kind == "drift" else list(points)
+    per_point = [[100 * r["protocols"][protocol][kind][k]["mean"] for r in rows]
+                 for k in points]
+    ys = [statistics.fmean(v) for v in per_point]
+    spread = [statistics.stdev(v) for v in per_point] if len(rows) > 1 else None
+    return xs, ys, spread
+
+
+def plot_ablation(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
+    """accuracy_vs_n_w.png and accuracy_vs_drift.png: one line per method, one panel per
+    protocol, the mean over seeds with bars of +- one std over seeds (`seed_curve`)."""
+    plt = pyplot()
+    methods = list(dict.fromkeys(r["arm"] for r in rows))
+    for kind, xlabel, fname in (("n_w", "aihwkit n_w", "accuracy_vs_n_w.png"),
+                                ("drift", "time after programming (s)",
+                                 "accuracy_vs_drift.png")):
+        fig, axes = plt.subplots(1, len(PROTOCOLS), figsize=(6 * len(PROTOCOLS), 4.2),
+                                 squeeze=False)
+        for ax, name in zip(axes[0], PROTOCOLS, strict=True):
+            for arm in methods:
+                mine = [r for r in rows if r["arm"] == arm]
+                xs, ys, spread = seed_curve(mine, name, kind)
+                ax.errorbar(xs, ys, yerr=spread, marker="o", capsize=3,
+                            label=f"{mine[0]['method']} ({len(mine)} seed"
+                                  f"{'s' if len(mine) > 1 else ''})")
+            if kind == "drift":
+                ax.set_xscale("log")
+            ax.set(title=f"protocol {name}", xlabel=xlabel, ylabel="test accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=120)
+        plt.close(fig)

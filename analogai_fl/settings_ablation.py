@@ -1,0 +1,76 @@
+"""The typed settings of `analogai-fl ablate` (`ablation.*`) and of its HWA baseline
+(`ablation.hwa.*`), built from a resolved config by `settings.Experiment.from_config`; their
+keys are declared in `schema_ablation`."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HWASettings:
+    """aihwkit's hardware-aware training, the ablation's baseline (`ablation.hwa.*`)."""
+
+    lr: float
+    momentum: float
+    batch_size: int
+    modifier_std: float  # relative to the tile's max|W|
+    out_noise: float
+    weight_scaling_omega: float
+    weight_scaling_columnwise: bool
+    weight_decay: float
+    schedule: str  # cosine or constant, over the epochs
+    remap: str  # layerwise, channelwise or none (aihwkit WeightRemapType)
+    clip_type: str  # gaussian, fixed or none (aihwkit WeightClipType)
+    clip_sigma: float  # clip_type gaussian: stds of the layer's weights
+    clip: float  # clip_type fixed: +-clip in the tile's mapped units
+    dac_bits: int
+    adc_bits: int
+    tile: str
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """`analogai-fl ablate`'s own settings (`ablation.*` but the HWA recipe)."""
+
+    single_sigma: float  # the noise-injection arm's sigma
+    pretrained: bool  # the training arms fine-tune the vanilla arm's model of their seed
+    validation: bool  # also measure the validation split
+    n_w_columns: tuple[float, ...]  # n_w values shown as table columns
+    reference: str  # the arm every other is compared with, paired by seed
+
+
+def ablation_settings(cfg: Mapping[str, Any], n_w_sweep: Sequence[float],
+                      sigmas: Sequence[float]) -> AblationSettings:
+    """`ablation.*`; ConfigError when an n_w column is not in `n_w_sweep` (the n_w values
+    measured). `sigmas`: the MSNAT noise levels (the default single sigma is their median)."""
+    n_w_columns = tuple(cfg["ablation.n_w_columns"])
+    missing = [v for v in n_w_columns if v not in n_w_sweep]
+    if missing:
+        raise ConfigError(f"key 'ablation.n_w_columns' lists n_w {missing} that "
+                          f"inference.n_w_sweep {list(n_w_sweep)} does not measure")
+    single = cfg["ablation.single_sigma"]
+    return AblationSettings(
+        single_sigma=single if single is not None else statistics.median(sigmas),
+        pretrained=cfg["ablation.pretrained"], validation=cfg["ablation.validation"],
+        n_w_columns=n_w_columns, reference=cfg["ablation.reference"])
+
+
+def hwa_settings(cfg: Mapping[str, Any]) -> HWASettings:
+    """`ablation.hwa.*`, as `hwa.train_hwa` takes them."""
+    return HWASettings(
+        lr=cfg["ablation.hwa.lr"], momentum=cfg["ablation.hwa.momentum"],
+        batch_size=cfg["ablation.hwa.batch_size"], modifier_std=cfg["ablation.hwa.modifier_std"],
+        out_noise=cfg["ablation.hwa.out_noise"],
+        weight_scaling_omega=cfg["ablation.hwa.weight_scaling_omega"],
+        weight_scaling_columnwise=cfg["ablation.hwa.weight_scaling_columnwise"],
+        weight_decay=cfg["ablation.hwa.weight_decay"], schedule=cfg["ablation.hwa.schedule"],
+        remap=cfg["ablation.hwa.remap"], clip_type=cfg["ablation.hwa.clip_type"],
+        clip_sigma=cfg["ablation.hwa.clip_sigma"],
+        clip=cfg["ablation.hwa.clip"], dac_bits=cfg["ablation.hwa.dac_bits"],
+        adc_bits=cfg["ablation.hwa.adc_bits"], tile=cfg["ablation.hwa.tile"])
