@@ -18,17 +18,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from . import hwa
+from .ablation_folder import (
+    ROWS_FILE,
+    STATE_FILE,
+    finished_rows,
+    hwa_checkpoint,
+    identity,
+    model_path,
+    save_model,
+    unfinished_run,
+)
 from .ablation_report import write_ablation
 from .analog import drift_accuracy, n_w_sweep
 from .checks import evaluation_device, model_state, prepare
-from .config import defaults
+from .comparison import collapse_reason
 from .data import Splits
-from .errors import ConfigError
-from .flwr_cli import completed_run, run_config_string
+from .errors import ArmFailed
+from .flwr_cli import RunFailed, completed_run, run_config_string
 from .models import deployed_model
 from .outputs import RunFolder
 from .reporting import drift_label
@@ -75,14 +84,6 @@ def arms(exp: Experiment) -> dict[str, Arm]:
 
 def _on(flag: bool) -> str:
     return "on" if flag else "off"
-
-
-MODELS_DIR = "models"  # every arm's final model: <arm>-seed<seed>.pt, a plain state_dict
-
-
-def model_path(out: Path, name: str, seed: int) -> Path:
-    """Where the ablation in `out` keeps arm `name`'s final model of `seed`."""
-    return out / MODELS_DIR / f"{name}-seed{seed}.pt"
 
 
 @dataclass
@@ -173,16 +174,6 @@ def same_run_as_msnat(runs: Sequence[ArmRun]) -> list[str]:
     return [n for n in dict.fromkeys(r.name for r in runs) if n in repeats]
 
 
-def _unfinished_run(name: str, seed: int, out: Path) -> Path | None:
-    """The newest run folder of this arm and seed that has a checkpoint but no summary (an
-    interrupted `flwr run`, continued with `output.resume`), if any."""
-    for folder in sorted((out / "runs").glob(f"{name}-seed{seed}-*"), reverse=True):
-        if not (folder / "summary.json").exists() and any(
-                RunFolder(folder).checkpoints.glob("round_*.pt")):
-            return folder
-    return None
-
-
 def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None,
                    init: Path | None = None) -> Trained:
     """One `flwr run` of the planned run config, starting from the weights in `init` if
@@ -193,7 +184,7 @@ def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None,
     run_config = dict(run.run_config or {})
     if init is not None:
         run_config["model.init"] = str(init)
-    unfinished = _unfinished_run(run.name, run.seed, out)
+    unfinished = unfinished_run(run.name, run.seed, out)
     if unfinished is not None:
         run_config["output.resume"] = str(unfinished)
     started = time.time()
@@ -212,12 +203,6 @@ def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None,
     curve = [r["val_acc"] for r in run_folder.read_jsonl("metrics.jsonl")]
     return Trained(models[best], passes, wall, exp.rounds * exp.local_epochs, note,
                    max(curve, default=None))
-
-
-def hwa_checkpoint(out: Path, name: str, seed: int) -> Path:
-    """Where HWA arm `name` of `seed` keeps its state after every epoch until its row is
-    written (`hwa.train_analog`: an interrupted arm continues after its last epoch)."""
-    return out / "runs" / f"{name}-seed{seed}" / "hwa_epoch.pt"
 
 
 def train_hwa_arm(run: ArmRun, msnat_passes: int | None, out: Path,
@@ -245,13 +230,20 @@ def train_hwa_arm(run: ArmRun, msnat_passes: int | None, out: Path,
                    max(stats["val_curve"]))
 
 
-def save_model(model: nn.Module, path: Path) -> None:
-    """`model`'s state_dict to `path`, written atomically (a plain state_dict: `analogai-fl
-    infer` and `model.init` read it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(path)
+def _failure(run: ArmRun, out: Path, error: RunFailed, kept: int) -> str:
+    """ArmFailed's message: the arm and seed, the reason (its run folder's failed.txt, else
+    the first line of Flower's status), what is kept and how to continue."""
+    folders = sorted((out / "runs").glob(f"{run.name}-seed{run.seed}-*"))
+    failed = folders[-1] / "failed.txt" if folders else None
+    reason = failed.read_text().strip() if failed is not None and failed.exists() else \
+        str(error).splitlines()[0]
+    where = f" (its run folder: {folders[-1]})" if folders else ""
+    return (f"arm '{run.name}' of seed {run.seed} failed{where}: {reason}\n"
+            f"The {kept} finished (arm, seed) row(s) in {out} are kept. If the cause is "
+            "outside the settings (a stopped SuperLink, a full disk), run the same command "
+            "again: it keeps those rows and resumes this arm from its last checkpoint. If "
+            "the settings cause it (a diverging lr or sigma), change them and give another "
+            "--out: a folder holds the rows of one set of settings.")
 
 
 def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
@@ -285,48 +277,6 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
     return result
 
 
-STATE_FILE = "ablation.json"  # what the folder's rows were made with
-ROWS_FILE = "rows.jsonl"  # one finished (arm, seed) per line
-
-
-def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings every row of one ablation folder shares: the resolved config without
-    the seed (seeds may be added later), the run name, the conf file's path (its values
-    are in the resolved config, so a moved checkout continues its folders) and what only
-    the report reads (`ablation.reference`), as JSON types (what the folder's file holds,
-    so the two compare)."""
-    return json.loads(json.dumps({k: v for k, v in config.items() if k not in REPORT_ONLY}))
-
-
-REPORT_ONLY = ("seed", "output.name", CONF_KEY, "ablation.reference")
-
-
-def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
-    """The rows already in `out` (empty for a new folder). ConfigError when `out` holds an
-    ablation of other settings, naming the keys that differ: its rows would not compare."""
-    if not (out / STATE_FILE).exists():
-        return []
-    # a key added to the schema after the folder was written has its default there
-    saved = _identity(defaults()) | _identity(
-        json.loads((out / STATE_FILE).read_text())["config"])
-    mine = _identity(exp.config)
-    differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-    if differ:
-        shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine.get(k)!r} now"
-                          for k in differ[:5]) + ("; ..." if len(differ) > 5 else "")
-        raise ConfigError(f"--out {out}: holds an ablation with other settings ({shown}); "
-                          "use the same conf and --run-config to continue it, or another "
-                          "--out")
-    rows = [json.loads(line) for line in (out / ROWS_FILE).read_text().splitlines()
-            if line.strip()] if (out / ROWS_FILE).exists() else []
-    for row in rows:  # JSON keys are strings; the n_w sweep is keyed by float
-        for results in [*row["protocols"].values(),
-                        *row.get("val", {}).get("protocols", {}).values()]:
-            if "n_w" in results:  # a folder written before 0.3 has none on validation
-                results["n_w"] = {float(n_w): v for n_w, v in results["n_w"].items()}
-    return rows
-
-
 def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
                  seeds: Sequence[int], names: Sequence[str] = ARM_NAMES,
                  env: Mapping[str, str] | None = None,
@@ -351,7 +301,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
         runs = [r for r in runs if r.name not in repeats]
     rows = finished_rows(exp, out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / STATE_FILE).write_text(json.dumps({"config": _identity(exp.config)}, indent=1))
+    (out / STATE_FILE).write_text(json.dumps({"config": identity(exp.config)}, indent=1))
     done = {(r["arm"], r["seed"]) for r in rows}
     if done:
         progress(f"continuing {out}: {len(done)} (arm, seed) result(s) kept")
@@ -367,7 +317,10 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
         progress(f"[seed {run.seed}] training {label}"
                  f"{' from the vanilla model' if init else ''} ...")
         if run.arm.kind == "flwr":
-            trained = train_flwr_arm(run, out, env, init)
+            try:
+                trained = train_flwr_arm(run, out, env, init)
+            except RunFailed as error:
+                raise ArmFailed(_failure(run, out, error, len(rows))) from error
         else:
             msnat = passes.get(("msnat", run.seed))
             trained = train_hwa_arm(run, None if msnat is None else msnat - pre, out, init)
@@ -385,6 +338,10 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
                "wall_seconds": round(trained.wall_seconds, 1), "note": trained.note,
                "best_val_during_training": trained.best_val,
                "num_classes": run.data.num_classes, **metrics}
+        why = collapse_reason(row)
+        if why:
+            progress(f"[seed {run.seed}] {label} COLLAPSED: {why}; flagged in the tables, "
+                     "not compared")
         rows.append(row)
         with open(out / ROWS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -21,7 +21,7 @@ from typing import Any
 
 from .checks import evaluation_device, prepare
 from .config import parse_run_config
-from .errors import ConfigError
+from .errors import ArmFailed, ConfigError
 from .outputs import CHECKPOINT
 from .schema import CONF_KEY
 from .schema_ablation import ARM_NAMES
@@ -335,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except TrainingDiverged as err:  # results written so far are kept
         print(f"analogai-fl {args.command}: training diverged: {err}", file=sys.stderr)
+        return 1
+    except ArmFailed as err:  # the rows written so far are kept
+        print(f"analogai-fl {args.command}: {err}", file=sys.stderr)
         return 1
 
 

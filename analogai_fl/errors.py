@@ -1,4 +1,5 @@
-"""The project's error for bad user input, at the bottom of the import graph.
+"""The project's errors that every layer raises and the commands report, at the bottom of the
+import graph: `ConfigError` for bad user input, `ArmFailed` for an ablation arm that failed.
 
 Every reader of something the user supplies (a config key, a conf file, a data folder, a run
 folder) raises `ConfigError` or a subclass of it (`data.DataNotFoundError`, `idx.IdxError`),
@@ -10,3 +11,8 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """Bad configuration: the message names the key (and file) and what was expected."""
+
+
+class ArmFailed(RuntimeError):
+    """An `analogai-fl ablate` arm's `flwr run` failed; the message says which arm and seed,
+    why, that the finished rows are kept and how to continue."""

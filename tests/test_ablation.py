@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import local_training
 
-from analogai_fl import ablation, config, schema
+from analogai_fl import ablation, ablation_folder, config, schema
 from analogai_fl.errors import ConfigError
 from analogai_fl.flwr_cli import flwr_env, stop_local_superlink
 from analogai_fl.noise import noisy_forward
@@ -179,8 +179,8 @@ def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_p
     # interrupted after msnat's last checkpoint, before its summary and its row were written
     (msnat_run,) = (out / "runs").glob("msnat-seed3-*")
     (msnat_run / "summary.json").unlink()
-    kept = (out / ablation.ROWS_FILE).read_text().splitlines()
-    (out / ablation.ROWS_FILE).write_text("\n".join(kept[:2]) + "\n")  # vanilla, msnat_no_fi
+    kept = (out / ablation_folder.ROWS_FILE).read_text().splitlines()
+    (out / ablation_folder.ROWS_FILE).write_text("\n".join(kept[:2]) + "\n")  # vanilla, msnat_no_fi
     said = []
     try:
         again = ablation.run_ablation(cfg, overrides, out, [3],
@@ -244,25 +244,25 @@ def test_pretrained_arms_fine_tune_the_vanilla_model_and_every_model_is_saved(tm
 
 def test_an_ablation_folder_of_other_settings_is_refused_before_any_work(tmp_path):
     first = load({"training.rounds": 1})
-    saved = ablation._identity(first.config)
+    saved = ablation_folder.identity(first.config)
     del saved["federation.retries"]  # a folder written before that key existed
     saved["conf"] = "/elsewhere/conf/default.yaml"  # and by a checkout since moved
-    (tmp_path / ablation.STATE_FILE).write_text(json.dumps({"config": saved}))
-    assert ablation.finished_rows(load(
+    (tmp_path / ablation_folder.STATE_FILE).write_text(json.dumps({"config": saved}))
+    assert ablation_folder.finished_rows(load(
         {"training.rounds": 1, "seed": 7}), tmp_path) == []  # other seeds may be added
     other = load({"training.rounds": 2})
     with pytest.raises(ConfigError, match="training.rounds: 1 there, 2 now"):
         ablation.run_ablation(other, {}, tmp_path, [0], ["vanilla"])
     retries = load({"training.rounds": 1, "federation.retries": 3})
     with pytest.raises(ConfigError, match="federation.retries: 2 there, 3 now"):
-        ablation.finished_rows(retries, tmp_path)  # the missing key has its default there
+        ablation_folder.finished_rows(retries, tmp_path)  # the missing key has its default there
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.e2e
 def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation):
     out, _ = tiny_ablation
-    kept = (out / ablation.ROWS_FILE).read_text()
+    kept = (out / ablation_folder.ROWS_FILE).read_text()
     (out / "results.md").unlink()
     overrides = {"training.rounds": 1, "training.client_num_in_total": 2,
                  "inference.repeats": 1, "inference.drift_times": [1.0, 86400.0],
@@ -271,7 +271,7 @@ def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation
     rows = ablation.run_ablation(load(overrides), overrides, out,
                                  [3], ["vanilla"], progress=said.append)
     assert not any("training" in s for s in said)
-    assert (out / ablation.ROWS_FILE).read_text() == kept
+    assert (out / ablation_folder.ROWS_FILE).read_text() == kept
     in_folder = [json.loads(line) for line in kept.splitlines()]  # not only the vanilla arm
     assert len(in_folder) >= 3
     assert sorted(r["arm"] for r in rows) == sorted(r["arm"] for r in in_folder)
@@ -280,3 +280,58 @@ def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation
         assert md.count(f"| {row['method']} | 1 |") == 3
 
 
+
+
+def test_a_collapsed_hwa_arm_is_flagged_in_the_log_the_tables_and_the_csv(tmp_path):
+    """HWA at lr 1e6 as 0.1.0 ran it (fixed clip, no remap, plain constant-lr SGD): the clip
+    keeps the weights
+    finite, so nothing diverges, but the model is at chance; the ablation says so instead of
+    reporting it like any other row. (With remapping the loss turns nan and the arm stops as
+    diverged.)"""
+    overrides = {"training.rounds": 1, "inference.repeats": 1, "inference.drift_times": [1.0],
+                 "inference.n_w_sweep": [0.0], "ablation.n_w_columns": [0.0],
+                 "ablation.hwa.lr": 1e6, "ablation.hwa.clip_type": "fixed",
+                 "ablation.hwa.remap": "none", "ablation.hwa.momentum": 0.0,
+                 "ablation.hwa.weight_decay": 0.0, "ablation.hwa.schedule": "constant"}
+    said = []
+    rows = ablation.run_ablation(load(overrides), overrides, tmp_path, [0], ["hwa"],
+                                 progress=said.append)
+    assert rows[0]["clean"] <= 0.15
+    assert any("COLLAPSED" in s and "at chance" in s for s in said)
+    assert "COLLAPSED (seed 0)" in (tmp_path / "results.md").read_text()
+    with open(tmp_path / "results.csv") as f:
+        assert "at chance" in next(csv.DictReader(f))["collapsed"]
+
+
+@pytest.mark.e2e
+def test_a_failed_arm_ends_ablate_in_a_few_lines_that_keep_the_finished_rows(tmp_path, capsys):
+    """Noise injection at sigma 1e6 diverges in round 1 and its run fails; `ablate` says
+    which arm and seed, why, that vanilla's row is kept and how to continue, and exits 1
+    without a traceback. Running the same command again keeps vanilla's row."""
+    from analogai_fl.cli import main
+
+    home = tmp_path / "flwr_home"
+    env_home = {"FLWR_HOME": str(home)}
+    out = tmp_path / "out"
+    run_config = ("training.rounds=1 inference.repeats=1 inference.drift_times='1' "
+                  "inference.n_w_sweep='0' ablation.n_w_columns='0' ablation.single_sigma=1e6")
+    argv = ["ablate", "--arms", "vanilla,noise_injection", "--seeds", "0", "--out", str(out),
+            "--run-config", run_config]
+    import os
+    saved = {k: os.environ.get(k) for k in env_home}
+    os.environ.update(env_home)
+    try:
+        assert main(argv) == 1
+    finally:
+        stop_local_superlink(home)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    err = capsys.readouterr().err
+    assert "arm 'noise_injection' of seed 0 failed" in err and "Traceback" not in err
+    assert "The 1 finished (arm, seed) row(s)" in err and "--out" in err
+    assert len(err.splitlines()) <= 4
+    rows = (out / ablation_folder.ROWS_FILE).read_text().splitlines()
+    assert [json.loads(r)["arm"] for r in rows] == ["vanilla"]

@@ -1,0 +1,94 @@
+"""An ablation's folder (`analogai-fl ablate --out DIR`): what its rows were made with
+(ablation.json), its finished rows (rows.jsonl), every arm's final model (models/), the flwr
+arms' run folders and the HWA arms' epoch checkpoints (runs/). What lets an interrupted or
+extended ablation continue where it stopped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import defaults
+from .errors import ConfigError
+from .outputs import RunFolder
+from .schema import CONF_KEY
+from .settings import Experiment
+
+MODELS_DIR = "models"  # every arm's final model: <arm>-seed<seed>.pt, a plain state_dict
+
+
+def model_path(out: Path, name: str, seed: int) -> Path:
+    """Where the ablation in `out` keeps arm `name`'s final model of `seed`."""
+    return out / MODELS_DIR / f"{name}-seed{seed}.pt"
+
+
+def unfinished_run(name: str, seed: int, out: Path) -> Path | None:
+    """The newest run folder of this arm and seed that has a checkpoint but no summary (an
+    interrupted `flwr run`, continued with `output.resume`), if any."""
+    for folder in sorted((out / "runs").glob(f"{name}-seed{seed}-*"), reverse=True):
+        if not (folder / "summary.json").exists() and any(
+                RunFolder(folder).checkpoints.glob("round_*.pt")):
+            return folder
+    return None
+
+
+def hwa_checkpoint(out: Path, name: str, seed: int) -> Path:
+    """Where HWA arm `name` of `seed` keeps its state after every epoch until its row is
+    written (`hwa.train_analog`: an interrupted arm continues after its last epoch)."""
+    return out / "runs" / f"{name}-seed{seed}" / "hwa_epoch.pt"
+
+
+def save_model(model: nn.Module, path: Path) -> None:
+    """`model`'s state_dict to `path`, written atomically (a plain state_dict: `analogai-fl
+    infer` and `model.init` read it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
+
+
+STATE_FILE = "ablation.json"  # what the folder's rows were made with
+ROWS_FILE = "rows.jsonl"  # one finished (arm, seed) per line
+
+
+def identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings every row of one ablation folder shares: the resolved config without
+    the seed (seeds may be added later), the run name, the conf file's path (its values
+    are in the resolved config, so a moved checkout continues its folders) and what only
+    the report reads (`ablation.reference`), as JSON types (what the folder's file holds,
+    so the two compare)."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in REPORT_ONLY}))
+
+
+REPORT_ONLY = ("seed", "output.name", CONF_KEY, "ablation.reference")
+
+
+def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
+    """The rows already in `out` (empty for a new folder). ConfigError when `out` holds an
+    ablation of other settings, naming the keys that differ: its rows would not compare."""
+    if not (out / STATE_FILE).exists():
+        return []
+    # a key added to the schema after the folder was written has its default there
+    saved = identity(defaults()) | identity(
+        json.loads((out / STATE_FILE).read_text())["config"])
+    mine = identity(exp.config)
+    differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine.get(k)!r} now"
+                          for k in differ[:5]) + ("; ..." if len(differ) > 5 else "")
+        raise ConfigError(f"--out {out}: holds an ablation with other settings ({shown}); "
+                          "use the same conf and --run-config to continue it, or another "
+                          "--out")
+    rows = [json.loads(line) for line in (out / ROWS_FILE).read_text().splitlines()
+            if line.strip()] if (out / ROWS_FILE).exists() else []
+    for row in rows:  # JSON keys are strings; the n_w sweep is keyed by float
+        for results in [*row["protocols"].values(),
+                        *row.get("val", {}).get("protocols", {}).values()]:
+            if "n_w" in results:  # a folder written before 0.3 has none on validation
+                results["n_w"] = {float(n_w): v for n_w, v in results["n_w"].items()}
+    return rows
