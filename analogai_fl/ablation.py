@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import hwa
@@ -255,11 +256,13 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
     evaluation, seed = exp.evaluation, exp.seed
     times, repeats = evaluation.drift_times, evaluation.repeats
     device = evaluation_device(exp)
-    on = {"batch_size": evaluation.batch_size, "device": device,
-          "one_pass": evaluation.one_pass}
 
     def on_device(split, protocol, n_w_values) -> dict[str, Any]:
-        """Accuracy per drift time, and per n_w value at the first drift time."""
+        """Accuracy per drift time, and per n_w value at the first drift time (a protocol on
+        the C++ tile runs on the CPU)."""
+        on = {"batch_size": evaluation.batch_size, "one_pass": evaluation.one_pass,
+              "device": device if protocol.tile == "torch" else torch.device("cpu"),
+              "calibration": data.train}
         drift = drift_accuracy(model, split, protocol, times, repeats, seed, **on)
         sweep = {n_w: at[drift_label(times[0])] for n_w, at in n_w_sweep(
             model, split, protocol, n_w_values, times[:1], repeats, seed, **on).items()}

@@ -28,6 +28,8 @@ Tiles (`inference.tile`):
 
 from __future__ import annotations
 
+import itertools
+import math
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -39,9 +41,11 @@ from aihwkit.inference import (
     ReRamWan2022NoiseModel,
     StateIndependentNoiseModel,
 )
+from aihwkit.inference.calibration import InputRangeCalibrationType, calibrate_input_ranges
 from aihwkit.inference.noise.base import BaseNoiseModel
 from aihwkit.nn.conversion import convert_to_analog
 from aihwkit.simulator.configs import InferenceRPUConfig, WeightNoiseType
+from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -90,21 +94,47 @@ def converter_resolution(bits: int) -> float:
     return 1.0 / (2**bits - 2) if bits > 0 else -1.0
 
 
+W_NOISE_TYPES = {"additive": WeightNoiseType.ADDITIVE_CONSTANT,
+                 "pcm_read": WeightNoiseType.PCM_READ}
+BOUND_MANAGEMENT = {"iterative": BoundManagementType.ITERATIVE,
+                    "none": BoundManagementType.NONE}
+NOISE_MANAGEMENT = {"abs_max": NoiseManagementType.ABS_MAX,
+                    "constant": NoiseManagementType.CONSTANT}
+CALIBRATION_QUANTILE = 0.99995  # aihwkit calibrate_input_ranges' default quantile
+CALIBRATION_BATCH = 100
+
+
 def rpu_config(protocol: Protocol) -> InferenceRPUConfig:
-    """The inference tile (`protocol.tile`) configured entirely from the protocol."""
+    """The inference tile (`protocol.tile`) configured entirely from the protocol. With
+    columnwise weight scaling the per-column scales are output scales (mapping
+    learn_out_scaling, out_scaling_columnwise), as in aihwkit's StandardHWATrainingPreset;
+    at inference that changes no number. Input ranges (`input_range_images` > 0) are
+    enabled here and set by `to_analog`'s calibration."""
     device, tile = protocol.device, protocol.tile
     if device not in DEVICE_MODELS:
         raise ValueError(f"unknown device '{device}'; known: {', '.join(DEVICE_MODELS)}")
     if tile not in TILES:
         raise ValueError(f"unknown tile '{tile}'; known: {', '.join(TILES)}")
     rpu = TILES[tile]()
-    rpu.mapping.weight_scaling_omega = protocol.weight_scaling_omega
-    rpu.mapping.weight_scaling_columnwise = protocol.weight_scaling_columnwise
-    rpu.forward.inp_res = converter_resolution(protocol.dac_bits)
-    rpu.forward.out_res = converter_resolution(protocol.adc_bits)
-    rpu.forward.out_noise = protocol.out_noise
-    rpu.forward.w_noise_type = WeightNoiseType.ADDITIVE_CONSTANT
-    rpu.forward.w_noise = protocol.n_w
+    mapping, forward = rpu.mapping, rpu.forward
+    mapping.weight_scaling_omega = protocol.weight_scaling_omega
+    mapping.weight_scaling_columnwise = protocol.weight_scaling_columnwise
+    mapping.learn_out_scaling = mapping.out_scaling_columnwise = (
+        protocol.weight_scaling_columnwise)
+    mapping.max_input_size, mapping.max_output_size = (protocol.max_input_size,
+                                                       protocol.max_output_size)
+    forward.inp_res = converter_resolution(protocol.dac_bits)
+    forward.out_res = converter_resolution(protocol.adc_bits)
+    forward.out_noise = protocol.out_noise
+    forward.out_bound = protocol.out_bound
+    forward.w_noise_type = W_NOISE_TYPES[protocol.w_noise_type]
+    forward.w_noise = protocol.n_w
+    forward.ir_drop = protocol.ir_drop
+    forward.bound_management = BOUND_MANAGEMENT[protocol.bound_management]
+    forward.noise_management = NOISE_MANAGEMENT[protocol.noise_management]
+    if protocol.noise_management == "constant":
+        forward.nm_thres = 1.0  # the preset's: inputs are not rescaled
+    rpu.pre_post.input_range.enable = protocol.input_range_images > 0
     rpu.noise_model = DEVICE_MODELS[device](protocol)
     rpu.drift_compensation = GlobalDriftCompensation() if protocol.drift_compensation else None
     return rpu
@@ -150,11 +180,31 @@ def torch_device(requested: str, tile: str) -> torch.device:
     return device
 
 
-def to_analog(model: nn.Module, protocol: Protocol,
-              device: torch.device | str = "cpu") -> nn.Module:
+def to_analog(model: nn.Module, protocol: Protocol, device: torch.device | str = "cpu",
+              calibration: Dataset | None = None, seed: int = 0) -> nn.Module:
     """Analog inference copy of `model` on `device`, in eval mode, configured entirely by
-    the protocol (converted on the CPU, then moved)."""
-    return convert_every_layer(model, rpu_config(protocol), CONVERSION_MAP).to(device).eval()
+    the protocol (converted on the CPU, then moved).
+
+    With `protocol.input_range_images` > 0, every tile's DAC input range is calibrated on
+    the first that many images of `calibration` (all of it when it holds fewer; the
+    training split: the same images for every model), with aihwkit's `calibrate_input_ranges` (CACHE_QUANTILE at 0.99995, on
+    the noise-free forward, before programming; the inputs it keeps drawn from stream
+    "input-ranges" of `seed`, torch's RNG forked). aihwkit turns noise management off for
+    that (input ranges replace it). Raises ValueError when `calibration` is missing or
+    empty."""
+    analog = convert_every_layer(model, rpu_config(protocol), CONVERSION_MAP)
+    wanted = protocol.input_range_images
+    if wanted:
+        if calibration is None or len(calibration) == 0:
+            raise ValueError(f"protocol '{protocol.name}' calibrates its input ranges on up "
+                             f"to {wanted} training images (input_range_images); got none")
+        images = (x for x, _ in batches(calibration, CALIBRATION_BATCH))
+        shown = itertools.islice(images, math.ceil(wanted / CALIBRATION_BATCH))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_for(seed, "input-ranges"))
+            calibrate_input_ranges(analog.eval(), InputRangeCalibrationType.CACHE_QUANTILE,
+                                   (((x,), {}) for x in shown), quantile=CALIBRATION_QUANTILE)
+    return analog.to(device).eval()
 
 
 def batches(data: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -218,7 +268,8 @@ def _summary(runs: Mapping[float, list[float]]) -> dict[str, dict[str, float]]:
 def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
                    drift_times: Sequence[float], repeats: int, seed: int,
                    batch_size: int = 128, device: torch.device | str = "cpu",
-                   one_pass: bool = True) -> dict[str, dict[str, float]]:
+                   one_pass: bool = True, calibration: Dataset | None = None
+                   ) -> dict[str, dict[str, float]]:
     """Accuracy (fraction, 0..1) at each drift time (seconds after programming): mean and
     std over Monte-Carlo repeats, on the protocol's device (PCM, ReRAM or ideal), keyed by
     `reporting.drift_label` ("1s", "1d", ...). Raises ValueError for ReRAM at a drift time
@@ -239,10 +290,11 @@ def drift_accuracy(model: nn.Module, data: Dataset, protocol: Protocol,
     simulation, but the per-read noise (output noise, n_w) is drawn in another order than
     in one pass per state, so the accuracies agree within the Monte-Carlo spread (exactly
     when no per-read noise is on). On `device` (a CUDA device needs the torch tile) the
-    draws come from that device's generator.
+    draws come from that device's generator. A protocol with input ranges calibrates them on
+    `calibration` (the training split; `to_analog`), once, before the first programming.
     """
     _check_drift_times(protocol, drift_times)
-    analog = to_analog(model, protocol, device)
+    analog = to_analog(model, protocol, device, calibration, seed)
     together = one_pass and supports_weight_sets(analog)
     runs: dict[float, list[float]] = {t: [] for t in drift_times}
     states: list[TileState] = []
@@ -278,13 +330,15 @@ def cuda_indices(device: torch.device | str) -> list[int]:
 
 def n_w_sweep(model: nn.Module, data: Dataset, protocol: Protocol,
               n_ws: Sequence[float], drift_times: Sequence[float], repeats: int, seed: int,
-              batch_size: int = 128, device: torch.device | str = "cpu", one_pass: bool = True
+              batch_size: int = 128, device: torch.device | str = "cpu", one_pass: bool = True,
+              calibration: Dataset | None = None
               ) -> dict[float, dict[str, dict[str, float]]]:
-    """`drift_accuracy` at each additive weight noise n_w (the protocol's n_w replaced).
+    """`drift_accuracy` at each read noise n_w (the protocol's n_w replaced, of its
+    `w_noise_type`).
 
     The same seed for every n_w: the programming and drift draws are the same across the
     sweep (common random numbers), so differences between n_w values are not device luck.
     """
     return {n_w: drift_accuracy(model, data, protocol.with_n_w(n_w), drift_times, repeats,
-                                seed, batch_size, device, one_pass)
+                                seed, batch_size, device, one_pass, calibration)
             for n_w in n_ws}

@@ -117,11 +117,11 @@ def evaluate_checkpoint(checkpoint: Checkpoint, exp: Experiment, data, sweep: bo
         "protocol": proto.record(), "torch_device": str(device),
         "clean_acc": accuracy(model, data.test, batch),
         "drift": drift_accuracy(model, data.test, proto, times, repeats, exp.seed, batch,
-                                device, one_pass)}
+                                device, one_pass, data.train)}
     if sweep:  # the protocol's own n_w was just measured, with the same seed
         others = [n for n in evaluation.n_w_sweep if n != proto.n_w]
         measured = n_w_sweep(model, data.test, proto, others, times, repeats, exp.seed, batch,
-                             device, one_pass)
+                             device, one_pass, data.train)
         result["n_w_sweep"] = {n: result["drift"] if n == proto.n_w else measured[n]
                                for n in evaluation.n_w_sweep}
     return result

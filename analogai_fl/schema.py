@@ -17,7 +17,7 @@ DEFAULT_CONF = "conf/default.yaml"
 UNSET = ""  # pyproject's declared value of every key: "not given on the command line"
 MAX_NOISE_LEVELS = 10
 DEVICES = ("PCM", "ReRAM", "ideal")
-PROTOCOLS = ("realistic", "seed")
+PROTOCOLS = ("standard", "realistic", "seed")
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 MODEL_NAMES = ("lenet", "mlp", "vgg8", "resnet18", "mobilenetv2")
 STRATEGY_NAMES = ("msnat", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -26,21 +26,76 @@ STRATEGY_NAMES = ("msnat", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi",
 RERAM_DRIFT_TIMES = (1.0, 86400.0, 172800.0)
 
 
-def _protocol_keys(name: str, omega: float, columnwise: bool, dac: int, adc: int,
-                   out_noise: float, doc: str) -> dict[str, Key]:
-    p = f"inference.protocols.{name}"
+# Each protocol's defaults, in `_protocol_keys`' field order. `realistic` and `seed` keep
+# aihwkit's `InferenceRPUConfig` defaults where they set nothing; `standard` is aihwkit's
+# `StandardHWATrainingPreset` (Rasch et al., Nat. Commun. 14:5282, 2023) field for field
+# (tests/test_analog.py compares them; its deviations: docs/evaluation.md).
+PROTOCOL_DEFAULTS = {
+    "standard": dict(weight_scaling_omega=1.0, weight_scaling_columnwise=True, dac_bits=8,
+                     adc_bits=8, out_noise=0.04, tile="cpp", n_w=0.0175, w_noise_type="pcm_read",
+                     ir_drop=1.0, out_bound=10.0, bound_management="none",
+                     noise_management="constant", max_input_size=512, max_output_size=0,
+                     input_range_images=1000),
+    "realistic": dict(weight_scaling_omega=1.0, weight_scaling_columnwise=False, dac_bits=8,
+                      adc_bits=8, out_noise=0.04),
+    "seed": dict(weight_scaling_omega=0.0, weight_scaling_columnwise=False, dac_bits=7,
+                 adc_bits=0, out_noise=0.06),
+}
+_AIHWKIT_DEFAULTS = dict(tile=None, n_w=None, w_noise_type="additive", ir_drop=0.0,
+                         out_bound=12.0, bound_management="iterative",
+                         noise_management="abs_max", max_input_size=512, max_output_size=512,
+                         input_range_images=0)
+
+
+def _protocol_keys(name: str, doc: str) -> dict[str, Key]:
+    p, d = f"inference.protocols.{name}", _AIHWKIT_DEFAULTS | PROTOCOL_DEFAULTS[name]
     return {
-        f"{p}.weight_scaling_omega": Key(omega, f"{doc}: weights scaled so max|W| maps to this "
-                                         "conductance fraction (0 = no scaling)", minimum=0.0),
-        f"{p}.weight_scaling_columnwise": Key(columnwise, f"{doc}: scale each output column "
-                                              "separately"),
-        f"{p}.dac_bits": converter_bits(dac, f"{doc}: input DAC resolution in bits (0 = ideal)"),
-        f"{p}.adc_bits": converter_bits(adc, f"{doc}: output ADC resolution in bits (0 = ideal)"),
-        f"{p}.out_noise": Key(out_noise, f"{doc}: Gaussian output noise std (normalised)",
+        f"{p}.weight_scaling_omega": Key(d["weight_scaling_omega"], f"{doc}: weights scaled "
+                                         "so max|W| maps to this conductance fraction (0 = no "
+                                         "scaling)", minimum=0.0),
+        f"{p}.weight_scaling_columnwise": Key(d["weight_scaling_columnwise"], f"{doc}: scale "
+                                              "each output column separately"),
+        f"{p}.dac_bits": converter_bits(d["dac_bits"], f"{doc}: input DAC resolution in bits "
+                                        "(0 = ideal)"),
+        f"{p}.adc_bits": converter_bits(d["adc_bits"], f"{doc}: output ADC resolution in bits "
+                                        "(0 = ideal)"),
+        f"{p}.out_noise": Key(d["out_noise"], f"{doc}: Gaussian output noise std (normalised)",
                               minimum=0.0),
         f"{p}.g_max": Key(25.0, f"{doc}: PCM max conductance in uS", minimum=0.0,
                           above_minimum=True),
         f"{p}.drift_compensation": Key(True, f"{doc}: global drift compensation (GDC)"),
+        f"{p}.tile": Key(d["tile"], f"{doc}: aihwkit tile (null = inference.tile); PCM read "
+                         "noise and IR drop need cpp", choices=("torch", "cpp"),
+                         nullable=True, kind=str),
+        f"{p}.n_w": Key(d["n_w"], f"{doc}: read noise at every MVM (forward.w_noise, of "
+                        "w_noise_type; null = inference.platform.aihwkit.n_w); an n_w sweep "
+                        "replaces it", minimum=0.0, nullable=True, kind=float),
+        f"{p}.w_noise_type": Key(d["w_noise_type"], f"{doc}: kind of n_w (aihwkit "
+                                 "WeightNoiseType): additive (ADDITIVE_CONSTANT, normalised "
+                                 "units) or pcm_read (PCM_READ: 1/f read noise of each "
+                                 "programmed PCM weight)", choices=("additive", "pcm_read")),
+        f"{p}.ir_drop": Key(d["ir_drop"], f"{doc}: IR-drop scale along the crossbar's "
+                            "columns (forward.ir_drop; 0 = none)", minimum=0.0),
+        f"{p}.out_bound": Key(d["out_bound"], f"{doc}: ADC output range in full-scale "
+                              "products (forward.out_bound)", minimum=0.0, above_minimum=True),
+        f"{p}.bound_management": Key(d["bound_management"], f"{doc}: repeat a clipping MVM "
+                                     "with a reduced input scale (forward.bound_management "
+                                     "ITERATIVE) or not (NONE)",
+                                     choices=("iterative", "none")),
+        f"{p}.noise_management": Key(d["noise_management"], f"{doc}: input scaling before the "
+                                     "DAC (forward.noise_management): abs_max (ABS_MAX: per "
+                                     "input vector) or constant (CONSTANT, nm_thres 1: the "
+                                     "calibrated input range alone)",
+                                     choices=("abs_max", "constant")),
+        f"{p}.max_input_size": Key(d["max_input_size"], f"{doc}: tile rows at most "
+                                   "(mapping.max_input_size; larger layers span several tiles; "
+                                   "0 = one tile)", minimum=0),
+        f"{p}.max_output_size": Key(d["max_output_size"], f"{doc}: tile columns at most "
+                                    "(mapping.max_output_size; 0 = no limit)", minimum=0),
+        f"{p}.input_range_images": Key(d["input_range_images"], f"{doc}: training images (at "
+                                       "most) the DAC input ranges are calibrated on (aihwkit "
+                                       "calibrate_input_ranges, CACHE_QUANTILE 0.99995), the "
+                                       "same for every model; 0 = no input ranges", minimum=0),
     }
 
 
@@ -250,9 +305,9 @@ def _inference_keys() -> dict[str, Key]:
                               choices=("torch", "cpp")),
         "inference.protocol": Key("realistic", "evaluation protocol (settings below)",
                                   choices=PROTOCOLS),
-        **_protocol_keys("realistic", 1.0, False, 8, 8, 0.04,
-                         "realistic (aihwkit HWA setting)"),
-        **_protocol_keys("seed", 0.0, False, 7, 0, 0.06, "seed (earlier figure's harsh setting)"),
+        **_protocol_keys("standard", "standard (aihwkit's StandardHWATrainingPreset)"),
+        **_protocol_keys("realistic", "realistic (aihwkit HWA setting)"),
+        **_protocol_keys("seed", "seed (earlier figure's harsh setting)"),
         "inference.reram.noise_scale": Key(1.0, "ReRAM: scale of ReRamWan2022NoiseModel's "
                                            "fitted conductance noise (g_max fixed at the "
                                            "fit's 40 uS)", minimum=0.0),

@@ -97,7 +97,8 @@ class Evaluator:
                                            evaluation.drift_times, evaluation.repeats,
                                            seed=seed_for(self.exp.seed, "evaluation", r),
                                            batch_size=batch,
-                                           device=self.device, one_pass=evaluation.one_pass)
+                                           device=self.device, one_pass=evaluation.one_pass,
+                                           calibration=data.train)
         return result
 
 

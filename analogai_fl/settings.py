@@ -48,6 +48,14 @@ class Protocol:
     g_max: float  # microsiemens
     drift_compensation: bool
     reram_noise_scale: float
+    w_noise_type: str = "additive"  # of n_w: additive (ADDITIVE_CONSTANT) or pcm_read
+    ir_drop: float = 0.0
+    out_bound: float = 12.0  # full-scale products
+    bound_management: str = "iterative"  # or none
+    noise_management: str = "abs_max"  # or constant
+    max_input_size: int = 512  # tile rows at most (0 = one tile)
+    max_output_size: int = 512  # tile columns at most (0 = no limit)
+    input_range_images: int = 0  # training images the input ranges are calibrated on
 
     def record(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
@@ -272,15 +280,25 @@ def _training(cfg: Mapping[str, Any], sigma: float, feedback_on: bool) -> LocalT
 
 def _protocol(cfg: Mapping[str, Any], name: str) -> Protocol:
     p = f"inference.protocols.{name}."
+    tile = cfg[p + "tile"] or cfg["inference.tile"]
+    needs_cpp = [k for k, on in (("w_noise_type", cfg[p + "w_noise_type"] == "pcm_read"),
+                                 ("ir_drop", cfg[p + "ir_drop"] > 0)) if on]
+    if tile == "torch" and needs_cpp:
+        raise ConfigError(f"key '{p}tile' (or inference.tile) is torch, but {p}{needs_cpp[0]} "
+                          "needs aihwkit's C++ tile: set it to cpp")
+    n_w = cfg[p + "n_w"]
     return Protocol(
-        name=name, device=cfg["inference.platform.aihwkit.device"], tile=cfg["inference.tile"],
-        n_w=cfg["inference.platform.aihwkit.n_w"],
+        name=name, device=cfg["inference.platform.aihwkit.device"], tile=tile,
+        n_w=cfg["inference.platform.aihwkit.n_w"] if n_w is None else n_w,
         weight_scaling_omega=cfg[p + "weight_scaling_omega"],
         weight_scaling_columnwise=cfg[p + "weight_scaling_columnwise"],
         dac_bits=cfg[p + "dac_bits"], adc_bits=cfg[p + "adc_bits"],
         out_noise=cfg[p + "out_noise"], g_max=cfg[p + "g_max"],
         drift_compensation=cfg[p + "drift_compensation"],
-        reram_noise_scale=cfg["inference.reram.noise_scale"])
+        reram_noise_scale=cfg["inference.reram.noise_scale"],
+        **{k: cfg[p + k] for k in ("w_noise_type", "ir_drop", "out_bound", "bound_management",
+                                   "noise_management", "max_input_size", "max_output_size",
+                                   "input_range_images")})
 
 
 def _evaluation(cfg: Mapping[str, Any]) -> Evaluation:
@@ -301,19 +319,22 @@ def _evaluation(cfg: Mapping[str, Any]) -> Evaluation:
         use=cfg["inference.platform.aihwkit.use"], protocol=chosen, protocols=protocols,
         drift_times=times, repeats=cfg["inference.repeats"],
         n_w_sweep=tuple(cfg["inference.n_w_sweep"]), every=cfg["inference.every"],
-        batch_size=cfg["inference.batch_size"], torch_device=_torch_device(cfg),
+        batch_size=cfg["inference.batch_size"], torch_device=_torch_device(cfg, chosen.tile),
         one_pass=cfg["inference.one_pass"])
 
 
-def _torch_device(cfg: Mapping[str, Any]) -> str:
+def _torch_device(cfg: Mapping[str, Any], tile: str) -> str:
+    """`inference.torch_device`, checked against the chosen protocol's `tile` (the ablation
+    runs a protocol on the C++ tile on the CPU, `analog.torch_device`)."""
     device = cfg["inference.torch_device"]
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ConfigError(f"key 'inference.torch_device' expects auto, cpu, cuda or cuda:N, "
                           f"got '{device}'")
-    if device.startswith("cuda") and cfg["inference.tile"] != "torch":
-        raise ConfigError(f"key 'inference.torch_device' = '{device}' needs "
-                          f"inference.tile=torch (aihwkit's PyPI wheel has no CUDA C++ "
-                          f"tiles), got '{cfg['inference.tile']}'")
+    if device.startswith("cuda") and tile != "torch":
+        raise ConfigError(f"key 'inference.torch_device' = '{device}' needs the torch tile "
+                          f"(inference.tile, or the protocol's tile key; aihwkit's PyPI wheel "
+                          f"has no CUDA C++ tiles), got '{tile}' for protocol "
+                          f"'{cfg['inference.protocol']}'")
     return device
 
 

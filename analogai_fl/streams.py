@@ -30,6 +30,7 @@ Purposes (`PURPOSES`; any other name is refused, so that a typo cannot alias a s
     programming        programming noise of one Monte-Carlo repeat
     drift              drift (and its noise) of one repeat at one drift time
     read               per-read noise (output noise, n_w) of the torch tile
+    input-ranges       which cached inputs aihwkit's input-range calibration keeps
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch
 
 PURPOSES = ("init", "shuffle", "weight-noise", "feedback", "activation-noise", "attack",
             "augmentation", "client-evaluation", "hwa-noise", "evaluation", "programming",
-            "drift", "read")
+            "drift", "read", "input-ranges")
 
 
 def _code(purpose: str) -> int:

@@ -144,10 +144,10 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
     assert {"realistic_pcm_1d_mean", "seed_n_w_0.2_mean", "sample_passes"} <= set(table[0])
     md = (out / "results.md").read_text()
     # per protocol, validation and normalised accuracy
-    assert md.count("| MSNAT | 1 |") == 4 and "n_w 0.2" in md
+    assert md.count("| MSNAT | 1 |") == 5 and "n_w 0.2" in md
     # each arm against the reference (HWA), paired by seed: one seed gives no interval
     assert "**Paired differences against aihwkit HWA" in md and "(one seed)" in md
-    assert "These tables make 24 comparisons" in md  # 3 arms x (clean, 1s, 1d, n_w) x 2
+    assert "These tables make 36 comparisons" in md  # 3 arms x (clean, 1s, 1d, n_w) x 3
     assert "**Normalised accuracy**" in md
     with open(out / "paired.csv") as f:
         paired = list(csv.DictReader(f))
@@ -275,8 +275,8 @@ def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation
     assert len(in_folder) >= 3
     assert sorted(r["arm"] for r in rows) == sorted(r["arm"] for r in in_folder)
     md = (out / "results.md").read_text()
-    for row in in_folder:  # one line per protocol, in the validation and normalised tables
-        assert md.count(f"| {row['method']} | 1 |") == 4
+    for row in in_folder:  # one line per protocol (3), in the validation and normalised tables
+        assert md.count(f"| {row['method']} | 1 |") == 5
 
 
 

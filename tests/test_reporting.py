@@ -28,7 +28,7 @@ def test_the_table_gives_each_method_its_seed_count_and_spread():
     rows = [_row("a", 1, 0.80), _row("a", 2, 0.90), _row("b", 1, 0.70)]
     md = ablation_markdown(rows, [0.1])
     tables = [part for part in md.split("\n\n") if part.startswith("| method")]
-    assert len(tables) == 3  # the realistic, seed and validation tables
+    assert len(tables) == len(schema.PROTOCOLS) + 1  # a table per protocol, validation
     for table in tables:
         assert "| method | seeds |" in table
         # a: two seeds, mean 85.0, sample std 7.1; b: one seed, no spread shown
@@ -90,8 +90,8 @@ def test_arms_are_compared_with_the_reference_by_paired_per_seed_differences():
     assert "+2.0 [-0.5, +4.5] no difference shown" in line_b
     line_c = next(x for x in realistic.splitlines() if x.startswith("| C |"))
     assert "no difference shown" in line_c
-    # 2 arms x 3 columns (clean, PCM 1s, n_w 0.1) x 2 protocols
-    assert "These tables make 12 comparisons" in md
+    # 2 arms x 3 columns (clean, PCM 1s, n_w 0.1) x the protocols
+    assert f"These tables make {6 * len(schema.PROTOCOLS)} comparisons" in md
     assert "no reference arm" not in md and "| HWA |" not in realistic
 
 
@@ -141,7 +141,7 @@ def test_the_paired_csv_has_a_line_per_protocol_column_and_arm(tmp_path):
     rows = [_row("hwa", s, 0.8) for s in (1, 2)] + [_row("b", s, 0.9) for s in (1, 2)]
     write_ablation(rows, [0.1], tmp_path, "hwa")
     lines = list(csv.DictReader((tmp_path / "paired.csv").read_text().splitlines()))
-    assert len(lines) == 2 * 3  # protocols x (clean, PCM 1s, n_w 0.1), one arm
+    assert len(lines) == len(schema.PROTOCOLS) * 3  # protocols x (clean, PCM 1s, n_w 0.1), one arm
     assert {(x["arm"], x["reference"], x["seeds"]) for x in lines} == {("b", "hwa", "1 2")}
     assert float(lines[0]["mean_difference"]) == pytest.approx(0.1)
     results = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
