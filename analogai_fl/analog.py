@@ -188,8 +188,9 @@ def to_analog(model: nn.Module, protocol: Protocol, device: torch.device | str =
     With `protocol.input_range_images` > 0, every tile's DAC input range is calibrated on
     the first that many images of `calibration` (all of it when it holds fewer; the
     training split: the same images for every model), with aihwkit's
-    `calibrate_input_ranges` (CACHE_QUANTILE at 0.99995, on the noise-free forward, before programming; the inputs it keeps drawn from stream
-    "input-ranges" of `seed`, torch's RNG forked). aihwkit turns noise management off for
+    `calibrate_input_ranges` (CACHE_QUANTILE at 0.99995, on the noise-free forward, before
+    programming; the inputs it keeps drawn from stream "input-ranges" of `seed`, torch's RNG
+    forked). aihwkit turns noise management off for
     that (input ranges replace it). Raises ValueError when `calibration` is missing or
     empty."""
     analog = convert_every_layer(model, rpu_config(protocol), CONVERSION_MAP)
