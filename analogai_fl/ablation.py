@@ -58,13 +58,20 @@ class Arm:
 def arms(exp: Experiment) -> dict[str, Arm]:
     """The arms, each as the overrides of its `flwr run` (written, not read, keys). The
     `_analog` arms train under the chip's forward (`training.noise_model=analog`); vanilla
-    trains without any noise whatever the noise model."""
+    trains without any noise whatever the noise model. Two controls spend MSNAT's sample
+    passes on one model without federation: `noise_injection_compute` (one sigma, more
+    epochs) and `multiscale` (MSNAT's K levels drawn per batch, FL as MSNAT's)."""
     one_client = {"training.client_num_in_total": 1, "training.use_neg": False,
                   "training.use_fl": True}
     sigma = exp.ablation.single_sigma
     single = one_client | {"recovery.noise_0.act_inject.sigma": sigma}
     analog = {"training.noise_model": "analog"}
     chip = " on the chip's noise" if exp.training.chip is not None else ""
+    # MSNAT's compute: its K clients share the training split each round, each example
+    # costing 1 + (feedback passes) passes; one model without FL needs that many epochs
+    feedback = exp.training.feedback
+    times = 1 + len(feedback.offsets) if feedback is not None else 1
+    levels = ", ".join(f"{s:g}" for s in exp.noise_levels)
     msnat = ("MSNAT" if exp.fused and exp.feedback else
              f"MSNAT as configured (FI {_on(exp.fused)}, FL {_on(exp.feedback)})")
     return {
@@ -74,6 +81,12 @@ def arms(exp: Experiment) -> dict[str, Arm]:
         "noise_injection": Arm(f"noise injection{chip} (sigma {sigma:g})", "flwr", single),
         "noise_injection_analog": Arm(f"noise injection on the chip's noise (sigma "
                                       f"{sigma:g})", "flwr", single | analog),
+        "noise_injection_compute": Arm(
+            f"noise injection{chip} (sigma {sigma:g}, MSNAT's compute)", "flwr",
+            single | {"training.local_epochs": exp.local_epochs * times}),
+        "multiscale": Arm(f"multi-scale, one model{chip} (sigma per batch from {levels})",
+                          "flwr", single | {"training.use_neg": exp.feedback,
+                                            "training.sigma_levels": list(exp.noise_levels)}),
         "msnat_no_fi": Arm(f"MSNAT w/o FI{chip}", "flwr", {"training.use_fl": False}),
         "msnat_no_fl": Arm(f"MSNAT w/o FL{chip}", "flwr", {"training.use_neg": False}),
         "msnat": Arm(msnat + chip, "flwr", {}),

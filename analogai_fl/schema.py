@@ -177,6 +177,11 @@ def _training_keys() -> dict[str, Key]:
                                       minimum=0.0),
         "training.feedback.temperature": Key(4.0, "loss = CE(z / temperature)", minimum=0.0,
                                              above_minimum=True),
+        "training.sigma_levels": Key(None, "sigmas a client draws its sigma from, anew for "
+                                     "every batch (uniformly, seeded); null = its own level "
+                                     "sigma_k. The ablation's multi-scale one-model control "
+                                     "sets the K levels with K = 1", minimum=0.0,
+                                     nullable=True, kind=list),
         "training.noise_model": Key("weight", "clients train under weight (Gaussian weight "
                                     "noise, std c*sigma_k*max|W|) or analog (the chip's "
                                     "forward: that weight modifier, output noise, DAC/ADC, "

@@ -6,7 +6,8 @@ from __future__ import annotations
 from .schema_key import Key, converter_bits
 
 # the ablation's arms, in training order (`ablation.arms` defines them)
-ARM_NAMES = ("vanilla", "noise_injection", "noise_injection_analog", "msnat_no_fi",
+ARM_NAMES = ("vanilla", "noise_injection", "noise_injection_analog", "noise_injection_compute",
+             "multiscale", "msnat_no_fi",
              "msnat_no_fl", "msnat", "msnat_analog", "hwa", "hwa_compute")
 
 

@@ -275,7 +275,8 @@ def _training(cfg: Mapping[str, Any], sigma: float, feedback_on: bool) -> LocalT
         sam=Sam(cfg["recovery.optimizer.rho"], adaptive, cfg["recovery.optimizer.eta"])
         if use_sam or adaptive else None,
         attack=attack, chip=chip,
-        clip_sigma=cfg[a + "clip_sigma"] if chip is not None else 0.0)
+        clip_sigma=cfg[a + "clip_sigma"] if chip is not None else 0.0,
+        sigma_levels=tuple(cfg["training.sigma_levels"] or ()))
 
 
 def _protocol(cfg: Mapping[str, Any], name: str) -> Protocol:

@@ -31,6 +31,7 @@ Purposes (`PURPOSES`; any other name is refused, so that a typo cannot alias a s
     drift              drift (and its noise) of one repeat at one drift time
     read               per-read noise (output noise, n_w) of the torch tile
     input-ranges       which cached inputs aihwkit's input-range calibration keeps
+    sigma-draw         the sigma of each batch with `training.sigma_levels`
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 
 PURPOSES = ("init", "shuffle", "weight-noise", "feedback", "activation-noise", "attack",
             "augmentation", "client-evaluation", "hwa-noise", "evaluation", "programming",
-            "drift", "read", "input-ranges")
+            "drift", "read", "input-ranges", "sigma-draw")
 
 
 def _code(purpose: str) -> int:

@@ -3,6 +3,7 @@ options (SAM, adversarial training, QAT, activation noise) composed with them.""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class LocalTraining:
     attack: Attack | None = None
     chip: ChipNoise | None = None  # training.noise_model=analog: the chip's forward
     clip_sigma: float = 0.0  # analog: LAYER_GAUSSIAN clip after every step (0 = off)
+    sigma_levels: tuple[float, ...] = ()  # sigma drawn per batch from these (() = sigma)
 
 
 def noisy_pass(model: nn.Module, x: torch.Tensor, sigma: float, noise_c: float,
@@ -176,11 +178,12 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
     number of examples and the sample passes (`passes_per_example` x examples seen).
 
     Every random stream (batch order, weight noise, feedback passes, activation noise,
-    attack starts, augmentation) is its own, derived from the run's `seed` and
-    (`server_round`, `noise_index`) by `streams.seed_for`. The optimiser is fresh each
-    call: clients keep no state between rounds, so a resumed run continues exactly and
-    aggregation is not fighting stale momentum. `pixel_stats` (per-channel mean, std of the
-    normalisation) lets attacks bound and clamp in pixel space. Raises TrainingDiverged.
+    attack starts, augmentation, the per-batch sigma of `sigma_levels`) is its own, derived
+    from the run's `seed` and (`server_round`, `noise_index`) by `streams.seed_for`. The
+    optimiser is fresh each call: clients keep no state between rounds, so a resumed run
+    continues exactly and aggregation is not fighting stale momentum. `pixel_stats`
+    (per-channel mean, std of the normalisation) lets attacks bound and clamp in pixel
+    space. Raises TrainingDiverged.
     """
     device = torch.device(device)
     model.to(device).train()
@@ -191,6 +194,8 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
     feedback_gen = generator(seed, "feedback", *key, device=device)
     attack_gen = generator(seed, "attack", *key, device=device)
     loader = training_loader(data, setting.batch_size, seed_for(seed, "shuffle", *key))
+    levels = setting.sigma_levels
+    level_gen = generator(seed, "sigma-draw", *key) if levels else None
     mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (
         pixel_stats or ((0.0,), (1.0,))))
     attack = setting.attack
@@ -213,12 +218,14 @@ def train_local(model: nn.Module, data: Dataset, setting: LocalTraining, seed: i
                         x, y, attack, mean, std, attack_gen)
                     model.train()
                 z0_seen: list[torch.Tensor] = []
+                now = setting if not levels else dataclasses.replace(setting, sigma=levels[
+                    int(torch.randint(len(levels), (1,), generator=level_gen))])
 
-                def closure(x=x, y=y, x_adv=x_adv, z0_seen=z0_seen) -> torch.Tensor:
-                    loss, z0 = msnat_loss(model, x, y, setting, noise_gen, feedback_gen)
+                def closure(x=x, y=y, x_adv=x_adv, z0_seen=z0_seen, now=now) -> torch.Tensor:
+                    loss, z0 = msnat_loss(model, x, y, now, noise_gen, feedback_gen)
                     if x_adv is not None:
                         loss = loss + attack.weight * msnat_loss(
-                            model, x_adv, y, setting, noise_gen, feedback_gen)[0]
+                            model, x_adv, y, now, noise_gen, feedback_gen)[0]
                     if setting.proximal_mu > 0:
                         loss = loss + proximal_term(model, anchor, setting.proximal_mu)
                     z0_seen.append(z0)

@@ -13,6 +13,7 @@ from analogai_fl.errors import ConfigError
 from analogai_fl.flwr_cli import flwr_env, stop_local_superlink
 from analogai_fl.noise import noisy_forward
 from analogai_fl.settings import Experiment, load
+from analogai_fl.training import passes_per_example
 from strategies import build_strategy
 
 
@@ -56,9 +57,29 @@ def test_one_run_config_of_the_k_sigmas_serves_every_arm(tmp_path):
             continue
         run = load(ablation.arm_run_config(
             name, arm, exp, sigmas, 1, tmp_path))
+        all_levels = [0.02, 0.04, 0.06, 0.08, 0.1]
         expected = [0.0] if name == "vanilla" else [0.06] if name.startswith(
-            "noise_injection") else [0.02, 0.04, 0.06, 0.08, 0.1]
+            "noise_injection") or name == "multiscale" else all_levels
         assert list(run.noise_levels) == pytest.approx(expected), name
+        drawn = list(run.training.sigma_levels)
+        assert drawn == (pytest.approx(all_levels) if name == "multiscale" else []), name
+
+
+def test_the_compute_controls_spend_msnats_sample_passes_on_one_model():
+    """K clients share the training split each round, so one model matches MSNAT's sample
+    passes when its epochs x passes per example are MSNAT's."""
+    def per_round(exp):
+        setting = exp.local_training(0, 0.0)
+        return setting.epochs * passes_per_example(setting)
+
+    msnat = Experiment.from_config(arm_cfg("msnat"))
+    assert per_round(Experiment.from_config(arm_cfg("noise_injection"))) < per_round(msnat)
+    for name in ("noise_injection_compute", "multiscale"):
+        exp = Experiment.from_config(arm_cfg(name))
+        assert len(exp.noise_levels) == 1 and per_round(exp) == per_round(msnat), name
+    multiscale = Experiment.from_config(arm_cfg("multiscale"))
+    assert multiscale.training.sigma_levels == msnat.noise_levels
+    assert multiscale.training.feedback == msnat.training.feedback
 
 
 def planned(overrides, names=ablation.ARM_NAMES, seeds=(1,), out=Path("/tmp/unused")):
@@ -197,7 +218,14 @@ def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_p
     before = {r["arm"]: r for r in rows}
     for row in again:  # the same models and evaluation: the same figures
         assert row["clean"] == before[row["arm"]]["clean"]
-        assert row["protocols"] == before[row["arm"]]["protocols"]
+        old = before[row["arm"]]["protocols"]
+        for name, result in row["protocols"].items():
+            if name != "standard":  # seeded torch tile: exactly
+                assert result == old[name], name
+                continue
+            for label, entry in result["drift"].items():  # C++ tile: unseeded read noise
+                assert entry["mean"] == pytest.approx(old[name]["drift"][label]["mean"],
+                                                      abs=0.06)
 
 
 @pytest.mark.e2e

@@ -209,6 +209,17 @@ def test_each_source_of_the_chip_changes_the_training(digits, source):
     assert not torch.allclose(changed, quiet, atol=1e-4)
 
 
+def test_sigma_levels_draw_each_batchs_sigma_from_the_list(digits):
+    """training.sigma_levels: one level is that level's training; two levels train
+    differently from either alone, and the draws are seeded (the same run twice)."""
+    assert torch.equal(trained_weights(digits, sigma=0.0, sigma_levels=(0.1,)),
+                       trained_weights(digits, sigma=0.1))
+    both = trained_weights(digits, sigma_levels=(0.0, 0.1))
+    assert torch.equal(both, trained_weights(digits, sigma_levels=(0.0, 0.1)))
+    for alone in (0.0, 0.1):
+        assert not torch.allclose(both, trained_weights(digits, sigma=alone), atol=1e-4)
+
+
 def test_the_gaussian_clip_bounds_every_layer_after_each_step(digits):
     torch.manual_seed(0)
     model = build("lenet")
