@@ -67,10 +67,12 @@ def arms(exp: Experiment) -> dict[str, Arm]:
     single = one_client | {"recovery.noise_0.act_inject.sigma": sigma}
     analog = {"training.noise_model": "analog"}
     chip = " on the chip's noise" if exp.training.chip is not None else ""
-    # MSNAT's compute: its K clients share the training split each round, each example
-    # costing 1 + (feedback passes) passes; one model without FL needs that many epochs
+    # MSNAT's compute per round: K x the training split (data.partition=full: every client
+    # sees all of it; iid and dirichlet shards: once), each example costing 1 + (feedback
+    # passes) passes. One model on the whole split spends it in `times` as many epochs.
     feedback = exp.training.feedback
-    times = 1 + len(feedback.offsets) if feedback is not None else 1
+    shares = len(exp.noise_levels) if exp.data.partition == "full" else 1
+    times = shares * (1 + len(feedback.offsets) if feedback is not None else 1)
     levels = ", ".join(f"{s:g}" for s in exp.noise_levels)
     msnat = ("MSNAT" if exp.fused and exp.feedback else
              f"MSNAT as configured (FI {_on(exp.fused)}, FL {_on(exp.feedback)})")
@@ -86,6 +88,7 @@ def arms(exp: Experiment) -> dict[str, Arm]:
             single | {"training.local_epochs": exp.local_epochs * times}),
         "multiscale": Arm(f"multi-scale, one model{chip} (sigma per batch from {levels})",
                           "flwr", single | {"training.use_neg": exp.feedback,
+                                            "training.local_epochs": exp.local_epochs * shares,
                                             "training.sigma_levels": list(exp.noise_levels)}),
         "msnat_no_fi": Arm(f"MSNAT w/o FI{chip}", "flwr", {"training.use_fl": False}),
         "msnat_no_fl": Arm(f"MSNAT w/o FL{chip}", "flwr", {"training.use_neg": False}),

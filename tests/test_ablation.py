@@ -65,21 +65,25 @@ def test_one_run_config_of_the_k_sigmas_serves_every_arm(tmp_path):
         assert drawn == (pytest.approx(all_levels) if name == "multiscale" else []), name
 
 
-def test_the_compute_controls_spend_msnats_sample_passes_on_one_model():
-    """K clients share the training split each round, so one model matches MSNAT's sample
-    passes when its epochs x passes per example are MSNAT's."""
-    def per_round(exp):
-        setting = exp.local_training(0, 0.0)
-        return setting.epochs * passes_per_example(setting)
+@pytest.mark.parametrize("partition", ["full", "iid"])
+def test_the_compute_controls_spend_msnats_sample_passes_on_one_model(digits, partition):
+    """Sample passes of one round (examples of every client's share x epochs x passes per
+    example): the two one-model controls spend exactly MSNAT's."""
+    from analogai_fl.partitions import describe_partition
 
-    msnat = Experiment.from_config(arm_cfg("msnat"))
-    assert per_round(Experiment.from_config(arm_cfg("noise_injection"))) < per_round(msnat)
-    for name in ("noise_injection_compute", "multiscale"):
-        exp = Experiment.from_config(arm_cfg(name))
-        assert len(exp.noise_levels) == 1 and per_round(exp) == per_round(msnat), name
+    def per_round(name):
+        exp = Experiment.from_config(arm_cfg(name, **{"data.partition": partition}))
+        examples = sum(c["examples"] for c in describe_partition(digits, exp.data))
+        setting = exp.local_training(0, 0.0)
+        return examples * setting.epochs * passes_per_example(setting)
+
+    msnat = per_round("msnat")
+    assert per_round("noise_injection") < msnat
+    assert per_round("noise_injection_compute") == msnat == per_round("multiscale")
     multiscale = Experiment.from_config(arm_cfg("multiscale"))
-    assert multiscale.training.sigma_levels == msnat.noise_levels
-    assert multiscale.training.feedback == msnat.training.feedback
+    full = Experiment.from_config(arm_cfg("msnat"))
+    assert multiscale.training.sigma_levels == full.noise_levels
+    assert multiscale.training.feedback == full.training.feedback
 
 
 def planned(overrides, names=ablation.ARM_NAMES, seeds=(1,), out=Path("/tmp/unused")):
