@@ -265,24 +265,31 @@ def _failure(run: ArmRun, out: Path, error: RunFailed, kept: int) -> str:
 
 def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
     """The same evaluation for every arm: clean accuracy, and under each protocol the
-    accuracy on the device at each drift time and the n_w sweep at the first drift time, on
-    the test split; with `ablation.validation` the clean and per-drift-time accuracies on the
-    validation split too (key "val"), with the n_w columns (`ablation.n_w_columns`) at the
-    first drift time. Accuracies are fractions."""
+    accuracy on the device at each drift time, the n_w sweep at the first drift time and the
+    n_w columns (`ablation.n_w_columns`) also at the last (key "n_w_late": read noise after
+    drift), on the test split; with `ablation.validation` the clean and per-drift-time
+    accuracies and the n_w columns on the validation split too (key "val"). Accuracies are
+    fractions."""
     evaluation, seed = exp.evaluation, exp.seed
     times, repeats = evaluation.drift_times, evaluation.repeats
     device = evaluation_device(exp)
 
+    columns = exp.ablation.n_w_columns
+
     def on_device(split, protocol, n_w_values) -> dict[str, Any]:
-        """Accuracy per drift time, and per n_w value at the first drift time (a protocol on
-        the C++ tile runs on the CPU)."""
+        """Accuracy per drift time, per n_w value at the first drift time and per n_w column
+        at the last (a protocol on the C++ tile runs on the CPU)."""
         on = {"batch_size": evaluation.batch_size, "one_pass": evaluation.one_pass,
               "device": device if protocol.tile == "torch" else torch.device("cpu"),
               "calibration": data.train}
         drift = drift_accuracy(model, split, protocol, times, repeats, seed, **on)
-        sweep = {n_w: at[drift_label(times[0])] for n_w, at in n_w_sweep(
-            model, split, protocol, n_w_values, times[:1], repeats, seed, **on).items()}
-        return {"drift": drift, "n_w": sweep}
+        result = {"drift": drift}
+        for kind, values, at_time in (("n_w", n_w_values, times[0]),
+                                      ("n_w_late", columns, times[-1])):
+            if kind == "n_w" or len(times) > 1:
+                result[kind] = {n_w: at[drift_label(at_time)] for n_w, at in n_w_sweep(
+                    model, split, protocol, values, (at_time,), repeats, seed, **on).items()}
+        return result
 
     protocols = evaluation.protocols.items()
     result: dict[str, Any] = {

@@ -89,6 +89,7 @@ def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
     for row in rows:  # JSON keys are strings; the n_w sweep is keyed by float
         for results in [*row["protocols"].values(),
                         *row.get("val", {}).get("protocols", {}).values()]:
-            if "n_w" in results:  # a folder written before 0.3 has none on validation
-                results["n_w"] = {float(n_w): v for n_w, v in results["n_w"].items()}
+            for kind in ("n_w", "n_w_late"):  # older folders lack some
+                if kind in results:
+                    results[kind] = {float(n_w): v for n_w, v in results[kind].items()}
     return rows

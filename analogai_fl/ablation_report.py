@@ -20,7 +20,7 @@ from .comparison import (
     normalised_accuracy,
     paired_difference,
 )
-from .reporting import pyplot, spread
+from .reporting import drift_label, pyplot, spread
 from .schema import PROTOCOLS
 
 
@@ -34,6 +34,10 @@ def _flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
         for n_w, v in row["protocols"][name]["n_w"].items():
             flat[f"{name}_n_w_{n_w:g}_mean"] = v["mean"]
             flat[f"{name}_n_w_{n_w:g}_std"] = v["std"]
+        for n_w, v in row["protocols"][name].get("n_w_late", {}).items():
+            at = drift_label(v["seconds"])
+            flat[f"{name}_n_w_{n_w:g}_{at}_mean"] = v["mean"]
+            flat[f"{name}_n_w_{n_w:g}_{at}_std"] = v["std"]
     if "val" in row:
         flat["val_clean"] = row["val"]["clean"]
         for name in PROTOCOLS:
@@ -42,6 +46,8 @@ def _flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
                 flat[f"val_{name}_pcm_{label}_mean"] = v["mean"]
             for n_w, v in results.get("n_w", {}).items():
                 flat[f"val_{name}_n_w_{n_w:g}_mean"] = v["mean"]
+            for n_w, v in results.get("n_w_late", {}).items():
+                flat[f"val_{name}_n_w_{n_w:g}_{drift_label(v['seconds'])}_mean"] = v["mean"]
     return flat | {"collapsed": collapse_reason(row) or "", "note": row["note"]}
 
 
@@ -63,19 +69,18 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[f
 
     labels = list(rows[0]["protocols"]["realistic"]["drift"])
     selected = n_w_columns
+    columns = _columns(rows, labels, selected)[1:]
     parts = []
     for name in PROTOCOLS:
-        head = ["method", "seeds", "clean", *[f"PCM {x}" for x in labels],
-                *[f"n_w {v:g}" for v in selected], "sample passes", "wall s"]
+        head = ["method", "seeds", "clean", *[title for title, _ in columns], "sample passes",
+                "wall s"]
         lines = [f"**Protocol `{name}`** (test accuracy %, PCM with drift compensation per "
-                 f"the protocol; n_w columns at {labels[0]})", "",
+                 f"the protocol; n_w columns at {labels[0]} unless marked)", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for arm in methods:
             mine = [r for r in rows if r["arm"] == arm]
             cells = [title(arm), str(len(mine)), spread([r["clean"] for r in mine])]
-            results = [r["protocols"][name] for r in mine]
-            cells += [spread([p["drift"][x]["mean"] for p in results]) for x in labels]
-            cells += [spread([p["n_w"][v]["mean"] for p in results]) for v in selected]
+            cells += [spread([_value(r, name, column) for r in mine]) for _, column in columns]
             cells += [f"{statistics.fmean(r['sample_passes'] for r in mine):.3g}",
                       f"{statistics.fmean(r['wall_seconds'] for r in mine):.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -115,10 +120,24 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[f
         "\n".join(notes) + "\n" if notes else "")
 
 
-def _columns(labels: Sequence[str], n_w_columns: Sequence[float]) -> list[tuple[str, Any]]:
+def _late_label(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[float]) -> str | None:
+    """The drift time of the n_w columns measured after drift ("n_w_late"), when every row
+    has them (folders written before 0.3 do not)."""
+    try:
+        late = [r["protocols"][name]["n_w_late"][v] for r in rows for name in PROTOCOLS
+                for v in n_w_columns]
+    except KeyError:
+        return None
+    return drift_label(late[0]["seconds"]) if late else None
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
+             n_w_columns: Sequence[float]) -> list[tuple[str, Any]]:
     """The test columns compared: (title, row -> fraction under a protocol's results)."""
+    late = _late_label(rows, n_w_columns)
     return [("clean", None)] + [(f"PCM {x}", ("drift", x)) for x in labels] + \
-        [(f"n_w {v:g}", ("n_w", v)) for v in n_w_columns]
+        [(f"n_w {v:g}", ("n_w", v)) for v in n_w_columns] + \
+        ([(f"n_w {v:g} at {late}", ("n_w_late", v)) for v in n_w_columns] if late else [])
 
 
 def _value(row: Mapping[str, Any], protocol: str, column: Any) -> float:
@@ -148,7 +167,7 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
     if reference not in arms:
         return (f"**Paired differences**: none; the reference arm '{reference}' "
                 "(`ablation.reference`) is not in this folder.")
-    columns = _columns(labels, n_w_columns)
+    columns = _columns(rows, labels, n_w_columns)
     count = comparison_count(len(arms), len(columns), len(PROTOCOLS))
     head = ["arm - " + method[reference], *[title for title, _ in columns]]
     parts = [f"**Paired differences against {method[reference]}** (test, points: the arm "
@@ -187,7 +206,7 @@ def normalised_rows(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
             continue
         values = {f"{name} {title}": normalised_accuracy(
             _value(r, name, column), vanilla[r["seed"]], r.get("num_classes", 10))
-            for name in PROTOCOLS for title, column in _columns(labels, n_w_columns)[1:]}
+            for name in PROTOCOLS for title, column in _columns(rows, labels, n_w_columns)[1:]}
         out.append({"arm": r["arm"], "method": r["method"], "seed": r["seed"], **values})
     return out
 
@@ -222,7 +241,7 @@ def write_paired_csv(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
         if reference not in {r["arm"] for r in rows}:
             return
         for name in PROTOCOLS:
-            for title, column in _columns(labels, n_w_columns):
+            for title, column in _columns(rows, labels, n_w_columns):
                 for arm in arms:
                     p = _paired(rows, arm, reference, name, column)
                     writer.writerow([name, title, arm, reference, " ".join(map(str, p.seeds)),

@@ -172,7 +172,7 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
     assert md.count("| MSNAT | 1 |") == 5 and "n_w 0.2" in md
     # each arm against the reference (HWA), paired by seed: one seed gives no interval
     assert "**Paired differences against aihwkit HWA" in md and "(one seed)" in md
-    assert "These tables make 36 comparisons" in md  # 3 arms x (clean, 1s, 1d, n_w) x 3
+    assert "These tables make 45 comparisons" in md  # 3 arms x (clean, 1s, 1d, n_w, n_w 1d) x 3
     assert "**Normalised accuracy**" in md
     with open(out / "paired.csv") as f:
         paired = list(csv.DictReader(f))
@@ -186,6 +186,8 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
         assert 0 <= r["val"]["clean"] <= 1
         assert set(r["val"]["protocols"]["seed"]["drift"]) == {"1s", "1d"}
         assert set(r["val"]["protocols"]["seed"]["n_w"]) == {0.2}  # the n_w columns, at 1s
+        late = r["protocols"]["standard"]["n_w_late"]  # and after drift, at the last time
+        assert set(late) == {0.2} and late[0.2]["seconds"] == 86400.0
     assert {"val_realistic_pcm_1d_mean", "val_seed_n_w_0.2_mean"} <= set(table[0])
     assert "**Validation split**" in md and "| seed n_w 0.2 |" in md
     for png in ("accuracy_vs_n_w.png", "accuracy_vs_drift.png"):

@@ -146,3 +146,25 @@ def test_the_paired_csv_has_a_line_per_protocol_column_and_arm(tmp_path):
     assert float(lines[0]["mean_difference"]) == pytest.approx(0.1)
     results = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
     assert [x["collapsed"] for x in results] == ["", "", "", ""]
+
+
+def test_n_w_after_drift_is_a_column_of_every_table_when_measured(tmp_path):
+    import csv
+
+    from analogai_fl.ablation_report import ablation_markdown, write_ablation
+    rows = [_row("hwa", s, 0.8) for s in (1, 2)] + [_row("b", s, 0.9) for s in (1, 2)]
+    for r in rows:  # n_w 0.1 at 1 y: 10 points below, for every arm
+        late = {"mean": r["clean"] - 0.1, "std": 0.0, "seconds": 31536000.0}
+        r["protocols"] = {name: dict(p, n_w_late={0.1: late}) for name, p in
+                          r["protocols"].items()}
+    md = ablation_markdown(rows, [0.1], "hwa")
+    # each protocol's table and its paired differences (no vanilla: no normalised table)
+    assert md.count(" n_w 0.1 at 1y |") == 2 * len(schema.PROTOCOLS)
+    assert f"make {2 * 4 * len(schema.PROTOCOLS)} comparisons" not in md  # one arm only
+    assert f"make {4 * len(schema.PROTOCOLS)} comparisons" in md
+    assert "| B | 2 | 90.0 ± 0.0 | 90.0 ± 0.0 | 90.0 ± 0.0 | 80.0 ± 0.0 |" in md
+    write_ablation(rows, [0.1], tmp_path, "hwa")
+    lines = list(csv.DictReader((tmp_path / "paired.csv").read_text().splitlines()))
+    assert len(lines) == len(schema.PROTOCOLS) * 4
+    results = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
+    assert float(results[0]["standard_n_w_0.1_1y_mean"]) == pytest.approx(0.7)
