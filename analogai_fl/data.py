@@ -57,6 +57,7 @@ from torch.utils.data import Dataset, TensorDataset
 from . import idx
 from .errors import ConfigError
 from .models import DataShape
+from .split_sizes import check_training_split
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,7 @@ def torchvision_splits(name: str, root: str, image_size: int, val_fraction: floa
     if len(train_y) < 2:
         raise ConfigError(f"data.name='{name}': the training split in {root} has "
                           f"{len(train_y)} image(s); need at least 2 to carve a validation split")
+    check_training_split(name, len(train_y), val_fraction)
     train_idx, val_idx = split_validation(train_y.numpy(), val_fraction, seed)
     train_x, test_x = _resize(train_x, image_size), _resize(test_x, image_size)
     train_images = train_x[torch.from_numpy(train_idx)]

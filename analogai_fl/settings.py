@@ -28,6 +28,7 @@ from .outputs import OutputSettings
 from .recovery import Attack, Sam
 from .schema import CONF_KEY, DEFAULT_CONF, MAX_NOISE_LEVELS, PROTOCOLS, RERAM_DRIFT_TIMES
 from .settings_ablation import AblationSettings, HWASettings, ablation_settings, hwa_settings
+from .split_sizes import check_digits_splits
 from .training import Feedback, LocalTraining
 
 
@@ -227,6 +228,8 @@ def _data(cfg: Mapping[str, Any], k_total: int, seed: int) -> DataSettings:
     if name == "digits" and val + test >= 1.0:
         raise ConfigError("keys 'data.val_fraction' + 'data.test_fraction' expect a sum "
                           "below 1 (the rest is training data)")
+    if name == "digits":
+        check_digits_splits(val, test)
     return DataSettings(
         name=name, root=Path(cfg["data.root"]).expanduser().resolve(),
         download=cfg["data.download"], augment=cfg["data.augment"], val_fraction=val,

@@ -177,6 +177,12 @@ def test_check_prints_what_flwr_run_would_run(capsys):
     assert "up to 0 time(s), reply timeout 30 s, injected failure round 2, level 1" in out
 
 
+def test_check_refuses_a_split_too_small_to_stratify_in_one_line(capsys):
+    err = error_of(["check", "--run-config", "data.val_fraction=0.001"], capsys)
+    assert "'data.val_fraction' = 0.001 gives a validation split of 2" in err
+    assert err.endswith("use at least 0.0051")
+
+
 @pytest.mark.parametrize("args,message", [
     (["--arms", "vanilla,nope"], "unknown arm(s) ['nope']"),
     (["--arms", "hwa_compute"], "add it"),

@@ -22,6 +22,7 @@ from helpers import (
     N_TRAIN,
     SHAPES,
     accept_tiny_files,
+    experiment,
     image_id,
     load_data,
     pixels,
@@ -247,3 +248,39 @@ def test_download_fetches_a_missing_set_once_then_loads_it(tmp_path, monkeypatch
     D.torchvision_splits.cache_clear()
     assert len(load_data(tiny_cfg("cifar10", root), download=True).test) == N_TEST
     assert len(calls) == 1  # present now: not downloaded again
+
+
+@pytest.mark.parametrize("changes, key, least", [
+    ({"data.val_fraction": 0.001}, "data.val_fraction", 0.0051),
+    ({"data.test_fraction": 0.001}, "data.test_fraction", 0.0051),
+])
+def test_a_digits_split_too_small_to_stratify_is_refused_before_any_work(changes, key, least):
+    """Every split the keys can make is checked: the message names the key, the images the
+    split would hold and the smallest value that works, and that value does work."""
+    from analogai_fl.split_sizes import DIGITS_IMAGES, held_out
+
+    with pytest.raises(ConfigError, match=rf"key '{key}' = 0.001 gives a \w+ split of 2 of "
+                                          rf"digits' {DIGITS_IMAGES} images.*at least "
+                                          rf"{least:g}$"):
+        experiment(**changes)
+    fixed = experiment(**{key: least}).data
+    splits = D.load_data(fixed)  # the advice followed: scikit-learn stratifies it
+    assert min(len(splits.val), len(splits.test)) >= 10
+    with pytest.raises(ConfigError, match=key):  # and it is the smallest
+        experiment(**{key: round(least - 1e-4, 4)})
+    assert held_out(DIGITS_IMAGES, 0.2) == 360
+
+
+def test_digits_has_the_size_the_split_checks_assume():
+    from sklearn.datasets import load_digits
+
+    from analogai_fl.split_sizes import DIGITS_CLASSES, DIGITS_IMAGES
+    bunch = load_digits()
+    assert (len(bunch.target), len(set(bunch.target))) == (DIGITS_IMAGES, DIGITS_CLASSES)
+
+
+def test_a_validation_split_that_leaves_no_training_image_is_refused(tmp_path, monkeypatch):
+    accept_tiny_files(monkeypatch, "svhn", write_data_set("svhn", tmp_path / "data")["md5s"])
+    with pytest.raises(ConfigError, match=rf"'data.val_fraction' = 0.9999 leaves 0 of svhn's "
+                                          rf"{N_TRAIN} training images .* at most"):
+        load_data(tiny_cfg("svhn", tmp_path / "data", **{"data.val_fraction": 0.9999}))
