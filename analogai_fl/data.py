@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,16 +291,23 @@ def _read(name: str, root: Path) -> tuple[torch.Tensor, ...]:
 
 
 def _download(name: str, root: Path) -> None:
+    """torchvision's download of `name`, staged in a temporary folder and moved into `root`
+    only once both splits opened: a failed download leaves `root` as it was."""
     spec = TORCHVISION_SETS[name]
-    try:
-        for train in (True, False):
-            spec.open(root, train, download=True)
-    except Exception as err:
-        reason = " ".join(str(err).split())[:300]
-        raise DataNotFoundError(
-            f"data.name='{name}': downloading {spec.cls_name} into {spec.folder(root)} failed "
-            f"({type(err).__name__}: {reason}). Does this machine have internet access? "
-            f"{_how_to_get(name, spec, root)}") from err
+    with tempfile.TemporaryDirectory(prefix="analogai-fl-download-") as staging:
+        try:
+            for train in (True, False):
+                spec.open(Path(staging), train, download=True)
+        except Exception as err:
+            reason = " ".join(str(err).split())[:300]
+            raise DataNotFoundError(
+                f"data.name='{name}': downloading {spec.cls_name} into {spec.folder(root)} "
+                f"failed ({type(err).__name__}: {reason}). Does this machine have internet "
+                f"access? {_how_to_get(name, spec, root)}") from err
+        for file in sorted(p for p in Path(staging).rglob("*") if p.is_file()):
+            target = root / file.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(file, target)
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -226,6 +226,7 @@ def test_failed_download_is_a_clear_error(tmp_path, monkeypatch, name, module, f
     with pytest.raises(DataNotFoundError, match=r"downloading .* failed .*internet") as err:
         load_data(cfg, download=True)
     assert calls and str(tmp_path) in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written into data.root
 
 
 def test_download_fetches_a_missing_set_once_then_loads_it(tmp_path, monkeypatch):
