@@ -77,7 +77,8 @@ def find_checkpoints(path: Path, model_index: int | None) -> list[Checkpoint]:
                    "fusion off)")
 
 
-def infer_config(checkpoint: Path, conf: str | None, run_config: str) -> dict[str, Any]:
+def infer_config(checkpoint: Path, conf: str | None,
+                 run_config: str | list[str]) -> dict[str, Any]:
     """The run config of `infer`: the run's saved config (two levels above the checkpoint)
     or `conf` as the conf file, plus the `--run-config` overrides."""
     if conf is not None:
@@ -162,10 +163,10 @@ def add_infer(subparsers: argparse._SubParsersAction) -> None:
                         "stands for all of the round's round_NNNN_noise_K.pt files")
     parser.add_argument("--conf", help="conf YAML file (default: the run folder's config.yaml, "
                         "two levels above the checkpoint)")
-    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
                         help="overrides, same keys and TOML syntax as flwr run --run-config, "
                         "e.g. \"inference.repeats=5 inference.protocols.realistic."
-                        "drift_compensation=false\"")
+                        "drift_compensation=false\"; repeatable, merged as flwr run merges")
     parser.add_argument("--model-index", type=int, metavar="K", help="fusion off: evaluate "
                         "only noise level K's model of the round")
     parser.add_argument("--out", help="output folder (default: <run>/infer/<checkpoint "
@@ -231,8 +232,9 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
         "seed protocol. Writes results.csv, results.md and two PNG plots.",
         epilog="example: analogai-fl ablate --seeds 1,2,3 --run-config 'training.rounds=20'")
     parser.add_argument("--conf", help="conf YAML file (default: conf/default.yaml)")
-    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
-                        help="overrides, same keys and TOML syntax as flwr run --run-config")
+    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
+                        help="overrides, same keys and TOML syntax as flwr run --run-config "
+                        "(repeatable, merged as flwr run merges)")
     parser.add_argument("--seeds", type=_int_list, metavar="S1,S2,...",
                         help="seeds to repeat the whole ablation with (default: the config's)")
     parser.add_argument("--arms", metavar="A,B,...", help="subset of arms (default: all): "
@@ -305,8 +307,9 @@ def add_check(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: analogai-fl check --run-config \"training.rounds=3 "
         "strategy.name='fedadam'\"")
     parser.add_argument("--conf", help="conf YAML file (default: conf/default.yaml)")
-    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
-                        help="overrides, exactly as given to flwr run --run-config")
+    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
+                        help="overrides, exactly as given to flwr run --run-config "
+                        "(repeatable, merged as flwr run merges)")
     parser.set_defaults(handler=run_check)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,25 +169,39 @@ def resolve(run_config: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def parse_run_config(text: str) -> dict[str, Any]:
-    """Flat overrides from a `--run-config` string ("key=value key=value", TOML values),
-    parsed by Flower's own parser exactly as `flwr run . --run-config` parses it."""
+def parse_run_config(texts: str | Sequence[str]) -> dict[str, Any]:
+    """Flat overrides from one or more `--run-config` strings ("key=value key=value", TOML
+    values; or one .toml file), parsed and merged by Flower's own parser exactly as
+    `flwr run . --run-config A --run-config B` does (flwr 1.42: a later flag replaces each
+    top-level table it touches as a whole). Raises ConfigError for text Flower would skip
+    silently, and where a later flag drops keys an earlier one set (Flower's merge does so
+    without a word; one --run-config holding all of them is what was meant)."""
     import re
 
     import click
     from flwr.common.config import parse_config_args
 
+    texts = [texts] if isinstance(texts, str) else list(texts)
     pairs = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")  # Flower's pattern, to find
-    leftover = pairs.sub("", text).strip()                   # what it would silently skip
-    if leftover:
-        raise ConfigError(f"--run-config: cannot parse '{leftover}': expected space-separated "
-                          "key=value pairs with TOML values, e.g. \"inference.repeats=5 "
-                          "inference.platform.aihwkit.device='ReRAM'\"")
+    for text in texts:                                          # what it would silently skip
+        leftover = pairs.sub("", text).strip()
+        if leftover and not (len(texts) == 1 and text.strip().endswith(".toml")):
+            raise ConfigError(f"--run-config: cannot parse '{leftover}': expected "
+                              "space-separated key=value pairs with TOML values, e.g. "
+                              "\"inference.repeats=5 inference.platform.aihwkit.device='ReRAM'\"")
     try:
-        return parse_config_args([text])
+        merged = parse_config_args(texts)
+        given = {k for text in texts[:-1] for k in parse_config_args([text])}
     except (click.ClickException, ValueError) as err:
         message = err.message if isinstance(err, click.ClickException) else str(err)
         raise ConfigError(f"--run-config: {message}") from None
+    dropped = sorted(given - set(merged))
+    if dropped:
+        raise ConfigError(f"--run-config given {len(texts)} times: Flower's merge (flwr run's "
+                          "too) keeps only the last flag's value of each top-level table, so "
+                          f"{', '.join(dropped)} would be dropped; give them in one "
+                          "--run-config")
+    return merged
 
 
 def dump_yaml(cfg: Mapping[str, Any]) -> str:

@@ -177,6 +177,16 @@ def test_check_prints_what_flwr_run_would_run(capsys):
     assert "up to 0 time(s), reply timeout 30 s, injected failure round 2, level 1" in out
 
 
+def test_check_merges_repeated_run_config_flags_as_flwr_run_does(capsys):
+    code, out, _ = run_cli(capsys, "check", "--run-config", "training.rounds=2",
+                           "--run-config", "inference.repeats=1")
+    assert code == 0 and "2 rounds" in out
+    assert "training.rounds=2, inference.repeats=1" in out
+    err = error_of(["check", "--run-config", "training.rounds=2", "--run-config",
+                    "training.lr=0.1"], capsys)
+    assert "training.rounds would be dropped" in err
+
+
 def test_check_refuses_a_split_too_small_to_stratify_in_one_line(capsys):
     err = error_of(["check", "--run-config", "data.val_fraction=0.001"], capsys)
     assert "'data.val_fraction' = 0.001 gives a validation split of 2" in err

@@ -194,3 +194,23 @@ def test_preset_loads_validates_and_says_what_its_name_says(path):
     spec = TORCHVISION_SETS[data]
     model = MODELS[arch](spec.channels, spec.num_classes, cfg["data.image_size"]).eval()
     assert model(torch.zeros(2, spec.channels, 32, 32)).shape == (2, spec.num_classes)
+
+
+@pytest.mark.parametrize("flags", [
+    ["training.rounds=2", "inference.repeats=1"],
+    ["training.rounds=2 seed=3", "seed=4"],
+    ["seed=1"],
+])
+def test_repeated_run_config_flags_merge_as_flowers_own_merge(flags):
+    from flwr.common.config import parse_config_args
+
+    assert config.parse_run_config(flags) == parse_config_args(flags)
+
+
+def test_a_flag_that_flower_would_drop_silently_is_refused():
+    from flwr.common.config import parse_config_args
+
+    flags = ["training.rounds=2", "training.lr=0.1"]
+    assert parse_config_args(flags) == {"training.lr": 0.1}  # Flower: rounds gone, no word
+    with pytest.raises(ConfigError, match=r"given 2 times.*training.rounds would be dropped"):
+        config.parse_run_config(flags)
