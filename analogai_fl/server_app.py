@@ -132,21 +132,24 @@ def run_experiment(grid: Grid, context: Context) -> None:
                       f"{record['sigma']:g}) try {record['try']} on node {record['node']}: "
                       f"{record['reason']}; sent again to node {record['resent_to']}")
 
-    if exp.output.resume:  # every check before the run folder is touched
-        run = RunFolder.open(exp.output.resume)
-        found = run.last_checkpoint(len(sigmas), fused)
-        if found is None:
-            raise ConfigError(f"key 'output.resume': {run.path} has no complete checkpoint "
-                              "to resume from")
-        first_round, states = found
-    else:
+    def start() -> list[dict[str, torch.Tensor]]:
+        """Round 0's model(s): `model.init` or the seeded fresh init (the HWA arm's too)."""
         if exp.model_init is not None:  # checked by `prepare` before any work
             state = model_state(exp.model_init, exp, "key 'model.init'")
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed_for(exp.seed, "init"))  # the HWA arm's too
+                torch.manual_seed(seed_for(exp.seed, "init"))
                 state = model_for(exp.model, data.shape).state_dict()
-        first_round, states = 0, [state] * (1 if fused else len(sigmas))
+        return [state] * (1 if fused else len(sigmas))
+
+    found = None
+    if exp.output.resume:  # every check before the run folder is touched
+        run = RunFolder.open(exp.output.resume)
+        found = run.last_checkpoint(len(sigmas), fused)
+        if found is None:  # round 1 failed: its last good round is the start, made again
+            console.print(f"{run.path} has no checkpoint yet (its last good round is 0): "
+                          "it starts again from round 1")
+    first_round, states = found or (0, start())
     strategy = build_strategy(exp, first_round, log_clients)
     initial = join_models([ArrayRecord(s) for s in states], fused)
     if strategy.SERVER_STATE and first_round > 0:
@@ -160,7 +163,7 @@ def run_experiment(grid: Grid, context: Context) -> None:
         strategy.load_server_state(saved, initial)
     if run is not None:
         run.write_text(f"config-resume-{first_round:04d}.yaml", dump_yaml(cfg))
-        run.rewind(first_round)
+        run.rewind(first_round if found else -1)  # round 0 is evaluated again at the start
         (run.path / "failed.txt").unlink(missing_ok=True)
     else:
         run = RunFolder.create(exp.output, dump_yaml(cfg))

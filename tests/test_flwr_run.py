@@ -268,9 +268,21 @@ def test_a_diverging_run_stops_at_the_round_and_resumes_from_the_last_good_one(t
     assert f"output.resume='{folder}'" in failed and failed.splitlines()[0] in log
     assert rounds(folder) == [0]  # the NaN models were neither evaluated nor checkpointed
     assert list((folder / "checkpoints").iterdir()) == []
-    # round 0 is the last good one: no checkpoint to resume from yet, so say so
-    status, log = flwr_run(f"output.resume='{folder}' training.lr=0.001")
-    assert status == "finished:failed" and "has no complete checkpoint" in log
+    # the advice followed: round 0 is the last good one, so the run starts again from
+    # round 1 in the same folder, and ends as the same run without the failure would
+    completed(f"output.resume='{folder}' training.lr=0.001 training.optimizer='adam'")
+    assert rounds(folder) == [0, 1, 2] and not (folder / "failed.txt").exists()
+    completed(f"training.rounds=2 training.client_num_in_total=2 "
+              f"inference.platform.aihwkit.use=false output.dir='{tmp_path / 'again'}'")
+    (uninterrupted,) = run_folders(tmp_path / "again")
+
+    def accuracies(f: Path) -> list[tuple]:
+        return [(r["round"], r["clean_acc"], r["val_acc"]) for r in map(
+            json.loads, (f / "metrics.jsonl").read_text().splitlines())]
+
+    assert accuracies(folder) == accuracies(uninterrupted)
+    final, reference = final_state(folder, 2), final_state(uninterrupted, 2)
+    assert all(torch.equal(final[k], v) for k, v in reference.items())
 
 
 def test_a_run_that_diverges_later_resumes_from_its_last_good_round(tmp_path):
