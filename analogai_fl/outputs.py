@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,10 +134,21 @@ class RunFolder:
             os.fsync(f.fileno())
 
     def read_jsonl(self, name: str) -> list[dict[str, Any]]:
+        """The records of `name` (one JSON object per line); ConfigError naming the file and
+        line when one does not parse (a line cut short when a run was killed writing it)."""
         path = self.path / name
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"'{path}' line {number} is damaged ({err.msg}): remove "
+                                  "that line, or restore the file, to read the run") from None
+        return records
 
     def client_replies(self) -> list[dict[str, Any]]:
         """clients.jsonl's line per round and client, without the retry records (lines with
@@ -175,18 +186,44 @@ class RunFolder:
         found = [(CHECKPOINT.fullmatch(p.name), p) for p in self.checkpoints.glob("round_*.pt")]
         return [(int(m.group(1)), p) for m, p in found if m]
 
-    def last_checkpoint(self, count: int, fused: bool) -> tuple[int, list[dict]] | None:
-        """(round, state_dicts) of the newest complete checkpoint, or None."""
+    def last_checkpoint(self, count: int, fused: bool, warn: Callable[[str], None] = print
+                        ) -> tuple[int, list[dict]] | None:
+        """(round, state_dicts) of the newest complete checkpoint that reads back, or None.
+        A round with a damaged file (cut short by a full disk or a partial copy) is skipped
+        for the round before it, and `warn` is told which file, why and which round is used
+        instead."""
         by_round: dict[int, list[Path]] = {}
         for r, p in self._checkpoint_files():
             by_round.setdefault(r, []).append(p)
+        damaged = []
         for r in sorted(by_round, reverse=True):
             names = checkpoint_names(r, count, fused)
-            if sorted(p.name for p in by_round[r]) == sorted(names):
-                return r, [torch.load(self.checkpoints / n, weights_only=True) for n in names]
+            if sorted(p.name for p in by_round[r]) != sorted(names):
+                continue
+            try:
+                states = [read_checkpoint(self.checkpoints / n) for n in names]
+            except ConfigError as err:
+                damaged.append(str(err))
+                continue
+            for message in damaged:
+                warn(f"{message}; continuing from round {r}, the newest complete one")
+            return r, states
+        for message in damaged:
+            warn(f"{message}; no complete round is left: starting again from round 1")
         return None
 
     def server_state(self, server_round: int) -> dict[str, torch.Tensor] | None:
         """The strategy's server state saved with round `server_round`, or None."""
         path = self.checkpoints / server_state_name(server_round)
-        return torch.load(path, weights_only=True) if path.is_file() else None
+        return read_checkpoint(path) if path.is_file() else None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A file of this project's `torch.save` (weights only); ConfigError naming the file when
+    it does not read back (cut short, overwritten, not a checkpoint)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        reason = " ".join(str(err).split())[:160]
+        raise ConfigError(f"checkpoint '{path}' is damaged ({type(err).__name__}: "
+                          f"{reason})") from None

@@ -145,7 +145,8 @@ def run_experiment(grid: Grid, context: Context) -> None:
     found = None
     if exp.output.resume:  # every check before the run folder is touched
         run = RunFolder.open(exp.output.resume)
-        found = run.last_checkpoint(len(sigmas), fused)
+        found = run.last_checkpoint(len(sigmas), fused,
+                                    lambda m: console.print(f"analogai-fl: warning: {m}"))
         if found is None:  # round 1 failed: its last good round is the start, made again
             console.print(f"{run.path} has no checkpoint yet (its last good round is 0): "
                           "it starts again from round 1")

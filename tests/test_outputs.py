@@ -46,3 +46,32 @@ def test_rewind_drops_the_unfinished_round(run):
     assert [r["round"] for r in run.read_jsonl("clients.jsonl")] == [1, 2]
 
 
+
+
+def _cut_short(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # a partial copy, a full disk
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_the_round_before_is_used(run, lenet):
+    for r in (1, 2):
+        run.save_checkpoint(r, [lenet.state_dict()], fused=True)
+    _cut_short(run.checkpoints / "round_0002.pt")
+    said = []
+    found_round, (state,) = run.last_checkpoint(1, fused=True, warn=said.append)
+    assert found_round == 1 and state.keys() == lenet.state_dict().keys()
+    (message,) = said
+    assert str(run.checkpoints / "round_0002.pt") in message and "damaged" in message
+    assert "continuing from round 1" in message
+    _cut_short(run.checkpoints / "round_0001.pt")
+    said.clear()
+    assert run.last_checkpoint(1, fused=True, warn=said.append) is None
+    assert len(said) == 2 and all("starting again from round 1" in m for m in said)
+
+
+def test_a_damaged_line_of_metrics_is_named_with_its_file_and_line(run):
+    run.append_jsonl("metrics.jsonl", {"round": 1})
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write('{"round": 2, "clean_ac')  # killed while writing
+    with pytest.raises(config.ConfigError, match=r"metrics.jsonl' line 2 is damaged"):
+        run.read_jsonl("metrics.jsonl")
