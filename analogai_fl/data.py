@@ -279,6 +279,8 @@ def _how_to_get(name: str, spec: _TorchvisionSet, root: Path) -> str:
 
 def _read(name: str, root: Path) -> tuple[torch.Tensor, ...]:
     spec = TORCHVISION_SETS[name]
+    if spec.cls_name in IDX_SETS:  # MNIST and Fashion-MNIST files look alike: by content
+        idx.check_content(root if idx.files_in(root) else spec.folder(root), name)
     if spec.cls_name in IDX_SETS and idx.files_in(root):  # the official files, as distributed
         return (*idx.read_split(root, train=True), *idx.read_split(root, train=False))
     try:

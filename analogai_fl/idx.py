@@ -18,6 +18,7 @@ its own CRC while reading.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 from pathlib import Path
 
@@ -32,6 +33,60 @@ UNSIGNED_BYTE = 0x08
 
 class IdxError(ConfigError):
     """An IDX file that is not what its name says; the message names the file."""
+
+
+# What the official files are, by content: MNIST and Fashion-MNIST ship files of the same
+# names and formats, so a folder of one passes for the other by name alone.
+# SHA-256 of the unpacked official Fashion-MNIST files, measured 2026-12-03 on Debian's
+# dataset-fashion-mnist (its unpacked bytes are the official ones; the sizes match
+# zalandoresearch/fashion-mnist's). MNIST's unpacked digests are not known here.
+UNPACKED_SHA256 = {
+    "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888":
+        ("fashionmnist", "train-images-idx3-ubyte"),
+    "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9":
+        ("fashionmnist", "train-labels-idx1-ubyte"),
+    "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b":
+        ("fashionmnist", "t10k-images-idx3-ubyte"),
+    "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34":
+        ("fashionmnist", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _archive_md5s() -> dict[str, tuple[str, str]]:
+    """MD5 of each official .gz archive (torchvision's `MNIST.resources` and
+    `FashionMNIST.resources`) -> (data set, file stem)."""
+    import torchvision.datasets as tvd
+
+    return {md5: (name, file.removesuffix(".gz"))
+            for name, cls in (("mnist", tvd.MNIST), ("fashionmnist", tvd.FashionMNIST))
+            for file, md5 in cls.resources}
+
+
+def identify(path: Path) -> tuple[str, str] | None:
+    """(data set, file stem) of an official MNIST or Fashion-MNIST file by its content (an
+    official .gz archive by its MD5, an unpacked file by its SHA-256), or None if unknown."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        known = _archive_md5s().get(hashlib.md5(data, usedforsecurity=False).hexdigest())
+        if known:
+            return known
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError):
+            return None  # read_array names the damage
+    return UNPACKED_SHA256.get(hashlib.sha256(data).hexdigest())
+
+
+def check_content(root: Path, name: str) -> None:
+    """IdxError naming the first of the four files in `root` whose content is another data
+    set's or another split's official file than data set `name` expects under its name."""
+    found = files_in(root) or {}
+    for stem, path in found.items():
+        known = identify(path)
+        if known is not None and known != (name, stem):
+            raise IdxError(f"IDX file '{path}' is {known[0]}'s {known[1]} by its content, not "
+                           f"{name}'s {stem}: data.root holds another data set (or split) "
+                           f"than data.name='{name}'")
 
 
 def _path(root: Path, stem: str) -> Path | None:

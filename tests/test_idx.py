@@ -11,6 +11,7 @@ import torch
 from helpers import N_TEST, N_TRAIN, image_id, load_data, tiny_cfg, write_idx_folder
 
 from analogai_fl import config
+from analogai_fl.data import torchvision_splits
 from analogai_fl.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
@@ -74,3 +75,37 @@ def test_the_real_fashion_mnist_from_debians_package():
     assert torch.bincount(splits.test.labels).tolist() == [1000] * 10
     assert splits.in_channels == 1 and splits.train[0][0].shape == (1, 32, 32)
     assert 0.27 < splits.mean[0] < 0.30  # Fashion-MNIST's published pixel mean is 0.286
+    # the same folder named as MNIST: its files have the same names, but not its content
+    wrong = cfg | {"data.name": "mnist"}
+    with pytest.raises(ConfigError, match=r"train-images-idx3-ubyte.gz' is fashionmnist's "
+                                          r"train-images-idx3-ubyte by its content, not "
+                                          r"mnist's"):
+        load_data(wrong)
+
+
+def _known_as_fashion(monkeypatch, folder):
+    """The tiny files of `folder` registered as the official Fashion-MNIST ones."""
+    import hashlib
+
+    from analogai_fl import idx
+    known = {hashlib.sha256(p.read_bytes()).hexdigest(): ("fashionmnist", p.name)
+             for p in folder.iterdir()}
+    monkeypatch.setattr(idx, "UNPACKED_SHA256", known)
+
+
+def test_idx_files_of_another_data_set_or_split_are_refused_by_content(tmp_path, monkeypatch):
+    folder = tmp_path / "fashion-mnist"
+    write_idx_folder(folder, gzipped=False)
+    _known_as_fashion(monkeypatch, folder)
+    assert len(load_data(tiny_cfg("fashionmnist", folder)).test) == N_TEST
+    with pytest.raises(ConfigError, match=r"is fashionmnist's .* not mnist's"):
+        load_data(tiny_cfg("mnist", folder))
+    train, test = folder / "train-labels-idx1-ubyte", folder / "t10k-labels-idx1-ubyte"
+    train.rename(tmp_path / "x")
+    test.rename(train)
+    (tmp_path / "x").rename(test)  # the labels of the two splits swapped
+    torchvision_splits.cache_clear()  # the folder changed under the same settings
+    with pytest.raises(ConfigError, match=r"'.*train-labels-idx1-ubyte' is fashionmnist's "
+                                          r"t10k-labels-idx1-ubyte by its content, not "
+                                          r"fashionmnist's train-labels-idx1-ubyte"):
+        load_data(tiny_cfg("fashionmnist", folder))
