@@ -62,31 +62,45 @@ def _archive_md5s() -> dict[str, tuple[str, str]]:
             for file, md5 in cls.resources}
 
 
-def identify(path: Path) -> tuple[str, str] | None:
-    """(data set, file stem) of an official MNIST or Fashion-MNIST file by its content (an
-    official .gz archive by its MD5, an unpacked file by its SHA-256), or None if unknown."""
+# Unpacked sizes in bytes of the official files, the same for MNIST and Fashion-MNIST
+# (header + 60,000 or 10,000 images of 28x28, or labels; both data sets' documentation).
+OFFICIAL_SIZES = {"train-images-idx3-ubyte": 47040016, "train-labels-idx1-ubyte": 60008,
+                  "t10k-images-idx3-ubyte": 7840016, "t10k-labels-idx1-ubyte": 10008}
+
+
+def identify(path: Path) -> tuple[tuple[str, str] | None, int]:
+    """((data set, file stem) or None if unknown, unpacked size in bytes) of an MNIST or
+    Fashion-MNIST file by its content: an official .gz archive by its MD5, an unpacked
+    file by its SHA-256."""
     data = path.read_bytes()
     if path.suffix == ".gz":
         known = _archive_md5s().get(hashlib.md5(data, usedforsecurity=False).hexdigest())
-        if known:
-            return known
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError):
-            return None  # read_array names the damage
-    return UNPACKED_SHA256.get(hashlib.sha256(data).hexdigest())
+            return known, -1  # read_array names the damage
+        if known:
+            return known, len(data)
+    return UNPACKED_SHA256.get(hashlib.sha256(data).hexdigest()), len(data)
 
 
 def check_content(root: Path, name: str) -> None:
     """IdxError naming the first of the four files in `root` whose content is another data
-    set's or another split's official file than data set `name` expects under its name."""
+    set's or another split's official file than data set `name` expects under its name, or
+    (for Fashion-MNIST, whose unpacked digests are known) a file of the official size that
+    is not the official one (MNIST's files have the same sizes)."""
     found = files_in(root) or {}
     for stem, path in found.items():
-        known = identify(path)
+        known, size = identify(path)
         if known is not None and known != (name, stem):
             raise IdxError(f"IDX file '{path}' is {known[0]}'s {known[1]} by its content, not "
                            f"{name}'s {stem}: data.root holds another data set (or split) "
                            f"than data.name='{name}'")
+        if known is None and name == "fashionmnist" and size == OFFICIAL_SIZES[stem]:
+            raise IdxError(f"IDX file '{path}' has the size of the official {stem} but not "
+                           "Fashion-MNIST's content (its SHA-256 differs; MNIST's files have "
+                           "the same names and sizes): data.root holds another data set "
+                           "than data.name='fashionmnist'")
 
 
 def _path(root: Path, stem: str) -> Path | None:

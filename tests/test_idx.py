@@ -4,6 +4,7 @@ gzipped, in a read-only folder, wrong or truncated files named."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,19 @@ def test_idx_files_of_another_data_set_or_split_are_refused_by_content(tmp_path,
                                           r"t10k-labels-idx1-ubyte by its content, not "
                                           r"fashionmnist's train-labels-idx1-ubyte"):
         load_data(tiny_cfg("fashionmnist", folder))
+
+
+def test_a_full_size_file_that_is_not_fashion_mnists_is_refused(tmp_path, monkeypatch):
+    """MNIST's unpacked files are not known here by digest, but they have the official
+    sizes: under data.name='fashionmnist' such a file must be Fashion-MNIST's."""
+    from analogai_fl import idx
+    folder = tmp_path / "mnist-like"
+    write_idx_folder(folder, gzipped=True)
+    sizes = {p.name.removesuffix(".gz"): len(gzip.decompress(p.read_bytes()))
+             for p in folder.iterdir()}
+    monkeypatch.setattr(idx, "OFFICIAL_SIZES", sizes)  # the tiny files play full-size ones
+    monkeypatch.setattr(idx, "UNPACKED_SHA256", {})
+    with pytest.raises(ConfigError, match=r"has the size of the official .* not "
+                                          r"Fashion-MNIST's content"):
+        load_data(tiny_cfg("fashionmnist", folder))
+    assert len(load_data(tiny_cfg("mnist", folder)).test) == N_TEST  # not verifiable: kept
