@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--arms", default="vanilla,msnat,hwa", metavar="ARM,...",
                         help="comma-separated arms, of " + ", ".join(CURVE_ARMS)
                         + " (default: %(default)s)")
-    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
                         help="overrides of the conf file, as for flwr run --run-config, "
                         "e.g. \"seed=1 training.rounds=60\"")
     parser.add_argument("--out", default=None, metavar="DIR",

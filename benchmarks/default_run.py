@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from analogai_fl.flwr_cli import flwr_env
+from analogai_fl.config import parse_run_config
+from analogai_fl.flwr_cli import flwr_env, run_config_string
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS = ("flwr", "flower", "ray", "raylet", "gcs_server")
@@ -44,15 +45,15 @@ def pss_of_run_kib() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
                         help="overrides of conf/default.yaml, passed to flwr run --run-config "
                         "(default: none, the default experiment)")
     args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
     env = flwr_env()
     command = [str(bin_dir / "flwr"), "run", ".", "--stream"]
-    if args.run_config:
-        command += ["--run-config", args.run_config]
+    if args.run_config:  # repeated flags merged (or refused) as analogai-fl's commands do
+        command += ["--run-config", run_config_string(parse_run_config(args.run_config))]
     peak, done = 0, threading.Event()
 
     def sample() -> None:

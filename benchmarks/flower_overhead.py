@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, metavar="N",
                         help="rounds of each run, at least 3: steady rounds are 2..N "
                         "(default: %(default)s)")
-    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
                         help="overrides of conf/default.yaml for both runs, as for flwr run "
                         "--run-config (the plain loop needs strategy msnat with FI on)")
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -164,7 +164,13 @@ def main() -> None:
         parser.error("--rounds must be at least 3 (steady rounds are 2..N)")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from analogai_fl.config import parse_run_config
-    from analogai_fl.flwr_cli import BIN, PROJECT_DIR, flwr_env, stop_local_superlink
+    from analogai_fl.flwr_cli import (
+        BIN,
+        PROJECT_DIR,
+        flwr_env,
+        run_config_string,
+        stop_local_superlink,
+    )
 
     overrides = parse_run_config(args.run_config)
     if args.plain:
@@ -175,7 +181,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     home = out / "flwr_home"
     env = flwr_env({"FLWR_HOME": str(home)})
-    run_config = f"{args.run_config} training.rounds={args.rounds} output.dir='{out / 'flwr'}'"
+    given = run_config_string(overrides)  # repeated flags merged as flwr run merges them
+    run_config = f"{given} training.rounds={args.rounds} output.dir='{out / 'flwr'}'"
     try:
         flwr_times, flwr_clean = timed_rounds(
             [str(BIN / "flwr"), "run", str(PROJECT_DIR), "--stream", "--run-config",
@@ -184,7 +191,7 @@ def main() -> None:
         stop_local_superlink(home)
     plain_times, plain_clean = timed_rounds(
         [sys.executable, __file__, "--rounds", str(args.rounds), "--run-config",
-         args.run_config, "--plain", str(out / "plain")], env)
+         given, "--plain", str(out / "plain")], env)
     rows = {"flwr run": summary(flwr_times), "plain loop": summary(plain_times)}
     print(f"{'':12} {'start-up s':>11} {'round 1 s':>10} {'steady s/round':>15}")
     for name, (startup, first, steady) in rows.items():

@@ -52,7 +52,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", metavar="DEVICE",
                         help="torch device the five clients share (default: %(default)s)")
-    parser.add_argument("--run-config", default="", metavar='"KEY=VALUE ..."',
+    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
                         help="overrides of the default experiment, as for flwr run")
     args = parser.parse_args()
     run_config = parse_run_config(args.run_config)
