@@ -63,11 +63,10 @@ def read_model_state(path: Path, expected: Mapping[str, torch.Tensor], model: st
         raise ConfigError(f"{source}'{path}' does not exist (expected a checkpoint such as "
                           "runs/<run>/checkpoints/round_0015.pt)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a file that is no checkpoint
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        state = _torch_load(path)
+    except _Unreadable as err:
         raise ConfigError(f"{source}'{path}' is not a checkpoint (torch.load failed: "
-                          f"{reason}); expected a state_dict written by "
+                          f"{err.first_line}); expected a state_dict written by "
                           "RunFolder.save_checkpoint") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
                                                  for v in state.values()):
@@ -218,12 +217,31 @@ class RunFolder:
         return read_checkpoint(path) if path.is_file() else None
 
 
+class _Unreadable(Exception):
+    """torch.load failed on a file; `error` is what torch raised."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+        text = str(error).strip()
+        self.first_line = text.splitlines()[0] if text else type(error).__name__
+
+
+def _torch_load(path: Path) -> Any:
+    """`torch.load` (weights only, on the CPU) of `path`; _Unreadable for any failure (torch
+    raises RuntimeError, EOFError, UnpicklingError, ... for a file that is no checkpoint)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise _Unreadable(err) from None
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A file of this project's `torch.save` (weights only); ConfigError naming the file when
     it does not read back (cut short, overwritten, not a checkpoint)."""
     try:
-        return torch.load(path, weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        reason = " ".join(str(err).split())[:160]
-        raise ConfigError(f"checkpoint '{path}' is damaged ({type(err).__name__}: "
+        return _torch_load(path)
+    except _Unreadable as err:
+        reason = " ".join(str(err.error).split())[:160]
+        raise ConfigError(f"checkpoint '{path}' is damaged ({type(err.error).__name__}: "
                           f"{reason})") from None
