@@ -279,10 +279,12 @@ def _how_to_get(name: str, spec: _TorchvisionSet, root: Path) -> str:
 
 def _read(name: str, root: Path) -> tuple[torch.Tensor, ...]:
     spec = TORCHVISION_SETS[name]
-    if spec.cls_name in IDX_SETS:  # MNIST and Fashion-MNIST files look alike: by content
-        idx.check_content(root if idx.files_in(root) else spec.folder(root), name)
+    # MNIST and Fashion-MNIST files look alike: each is checked by content as it is read
     if spec.cls_name in IDX_SETS and idx.files_in(root):  # the official files, as distributed
-        return (*idx.read_split(root, train=True), *idx.read_split(root, train=False))
+        return (*idx.read_split(root, train=True, name=name),
+                *idx.read_split(root, train=False, name=name))
+    if spec.cls_name in IDX_SETS:  # torchvision's layout: torchvision reads them
+        idx.check_content(spec.folder(root), name)
     try:
         return (*spec.arrays(root, train=True), *spec.arrays(root, train=False))
     except RuntimeError as err:  # torchvision: "Dataset not found [or corrupted]. ..."

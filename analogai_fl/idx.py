@@ -68,39 +68,49 @@ OFFICIAL_SIZES = {"train-images-idx3-ubyte": 47040016, "train-labels-idx1-ubyte"
                   "t10k-images-idx3-ubyte": 7840016, "t10k-labels-idx1-ubyte": 10008}
 
 
-def identify(path: Path) -> tuple[tuple[str, str] | None, int]:
-    """((data set, file stem) or None if unknown, unpacked size in bytes) of an MNIST or
-    Fashion-MNIST file by its content: an official .gz archive by its MD5, an unpacked
-    file by its SHA-256."""
-    data = path.read_bytes()
-    if path.suffix == ".gz":
+def identify(data: bytes, unpacked: bytes, gzipped: bool) -> tuple[str, str] | None:
+    """(data set, file stem) of an official MNIST or Fashion-MNIST file by its content (the
+    file's bytes `data`, and `unpacked` them): an official .gz archive by its MD5, an
+    unpacked file by its SHA-256; None if unknown."""
+    if gzipped:
         known = _archive_md5s().get(hashlib.md5(data, usedforsecurity=False).hexdigest())
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError):
-            return known, -1  # read_array names the damage
         if known:
-            return known, len(data)
-    return UNPACKED_SHA256.get(hashlib.sha256(data).hexdigest()), len(data)
+            return known
+    return UNPACKED_SHA256.get(hashlib.sha256(unpacked).hexdigest())
+
+
+def _check_content(path: Path, stem: str, name: str, data: bytes, unpacked: bytes) -> None:
+    """IdxError naming `path` when its content is another data set's or another split's
+    official file than data set `name` expects as `stem`, or (for Fashion-MNIST, whose
+    unpacked digests are known) a file of the official size that is not the official one
+    (MNIST's files have the same sizes)."""
+    known = identify(data, unpacked, path.suffix == ".gz")
+    if known is not None and known != (name, stem):
+        raise IdxError(f"IDX file '{path}' is {known[0]}'s {known[1]} by its content, not "
+                       f"{name}'s {stem}: data.root holds another data set (or split) "
+                       f"than data.name='{name}'")
+    if known is None and name == "fashionmnist" and len(unpacked) == OFFICIAL_SIZES[stem]:
+        raise IdxError(f"IDX file '{path}' has the size of the official {stem} but not "
+                       "Fashion-MNIST's content (its SHA-256 differs; MNIST's files have "
+                       "the same names and sizes): data.root holds another data set "
+                       "than data.name='fashionmnist'")
 
 
 def check_content(root: Path, name: str) -> None:
-    """IdxError naming the first of the four files in `root` whose content is another data
-    set's or another split's official file than data set `name` expects under its name, or
-    (for Fashion-MNIST, whose unpacked digests are known) a file of the official size that
-    is not the official one (MNIST's files have the same sizes)."""
-    found = files_in(root) or {}
-    for stem, path in found.items():
-        known, size = identify(path)
-        if known is not None and known != (name, stem):
-            raise IdxError(f"IDX file '{path}' is {known[0]}'s {known[1]} by its content, not "
-                           f"{name}'s {stem}: data.root holds another data set (or split) "
-                           f"than data.name='{name}'")
-        if known is None and name == "fashionmnist" and size == OFFICIAL_SIZES[stem]:
-            raise IdxError(f"IDX file '{path}' has the size of the official {stem} but not "
-                           "Fashion-MNIST's content (its SHA-256 differs; MNIST's files have "
-                           "the same names and sizes): data.root holds another data set "
-                           "than data.name='fashionmnist'")
+    """`_check_content` of each of the four files in `root` (torchvision's
+    `<root>/<Class>/raw` layout, which torchvision itself then reads)."""
+    for stem, path in (files_in(root) or {}).items():
+        data, unpacked = _read_bytes(path)
+        _check_content(path, stem, name, data, unpacked)
+
+
+def _read_bytes(path: Path) -> tuple[bytes, bytes]:
+    """(the file's bytes, unpacked); IdxError naming `path` for a damaged gzip archive."""
+    data = path.read_bytes()
+    try:
+        return data, gzip.decompress(data) if path.suffix == ".gz" else data
+    except (OSError, EOFError) as err:  # a damaged or truncated gzip archive
+        raise IdxError(f"IDX file '{path}' cannot be read: {err}") from None
 
 
 def _path(root: Path, stem: str) -> Path | None:
@@ -119,12 +129,12 @@ def files_in(root: Path) -> dict[str, Path] | None:
     return found if all(found.values()) else None
 
 
-def read_array(path: Path, ndim: int) -> np.ndarray:
-    """An unsigned-byte IDX array of `ndim` dimensions; IdxError naming `path` otherwise."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as err:  # a damaged or truncated gzip archive
-        raise IdxError(f"IDX file '{path}' cannot be read: {err}") from None
+def read_array(path: Path, ndim: int, name: str | None = None) -> np.ndarray:
+    """An unsigned-byte IDX array of `ndim` dimensions; IdxError naming `path` otherwise,
+    and (with data set `name`) when its content is not that data set's file of its name."""
+    data, raw = _read_bytes(path)
+    if name is not None:
+        _check_content(path, path.name.removesuffix(".gz"), name, data, raw)
     if len(raw) < 4 + 4 * ndim:
         raise IdxError(f"IDX file '{path}' is {len(raw)} bytes: too short for a header")
     zero, kind, dims = struct.unpack(">HBB", raw[:4])
@@ -140,15 +150,16 @@ def read_array(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
-def read_split(root: Path, train: bool, num_classes: int = 10
+def read_split(root: Path, train: bool, num_classes: int = 10, name: str | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, 1, 28, 28) and long labels of one official split in `root`."""
+    """uint8 images (N, 1, 28, 28) and long labels of one official split in `root`, each
+    file checked by content against data set `name` when given (`read_array`)."""
     found = files_in(root)
     if found is None:
         raise FileNotFoundError(f"no IDX files in {root}")
     images_path = found[f"{SPLITS[train]}-images-idx3-ubyte"]
     labels_path = found[f"{SPLITS[train]}-labels-idx1-ubyte"]
-    images, labels = read_array(images_path, 3), read_array(labels_path, 1)
+    images, labels = read_array(images_path, 3, name), read_array(labels_path, 1, name)
     if images.shape[1:] != (28, 28):
         raise IdxError(f"IDX file '{images_path}' holds {images.shape[1]}x{images.shape[2]} "
                        "images; MNIST and Fashion-MNIST images are 28x28")
