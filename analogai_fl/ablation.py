@@ -37,7 +37,7 @@ from .analog import drift_accuracy, n_w_sweep
 from .checks import evaluation_device, model_state, prepare
 from .comparison import collapse_reason
 from .data import Splits
-from .errors import ArmFailed
+from .errors import ArmFailed, ConfigError
 from .flwr_cli import RunFailed, completed_run, run_config_string
 from .models import deployed_model
 from .outputs import RunFolder
@@ -45,7 +45,7 @@ from .reporting import drift_label
 from .schema import CONF_KEY
 from .schema_ablation import ARM_NAMES
 from .settings import Experiment
-from .training import accuracy
+from .training import TrainingDiverged, accuracy
 
 
 @dataclass(frozen=True)
@@ -247,20 +247,28 @@ def train_hwa_arm(run: ArmRun, msnat_passes: int | None, out: Path,
                    max(stats["val_curve"]))
 
 
-def _failure(run: ArmRun, out: Path, error: RunFailed, kept: int) -> str:
-    """ArmFailed's message: the arm and seed, the reason (its run folder's failed.txt, else
-    the first line of Flower's status), what is kept and how to continue."""
+def _flwr_reason(run: ArmRun, out: Path, error: RunFailed) -> str:
+    """Why an arm's `flwr run` failed: the first line of its run folder's failed.txt (the
+    reason; its second line is advice for `flwr run`, which ablate replaces), else the
+    first line of Flower's status."""
     folders = sorted((out / "runs").glob(f"{run.name}-seed{run.seed}-*"))
     failed = folders[-1] / "failed.txt" if folders else None
-    reason = failed.read_text().strip() if failed is not None and failed.exists() else \
-        str(error).splitlines()[0]
-    where = f" (its run folder: {folders[-1]})" if folders else ""
-    return (f"arm '{run.name}' of seed {run.seed} failed{where}: {reason}\n"
-            f"The {kept} finished (arm, seed) row(s) in {out} are kept. If the cause is "
-            "outside the settings (a stopped SuperLink, a full disk), run the same command "
-            "again: it keeps those rows and resumes this arm from its last checkpoint. If "
-            "the settings cause it (a diverging lr or sigma), change them and give another "
-            "--out: a folder holds the rows of one set of settings.")
+    if failed is not None and failed.exists():
+        return f"{failed.read_text().splitlines()[0]} (its run folder: {folders[-1]})"
+    return str(error).splitlines()[0]
+
+
+def _failure(run: ArmRun, out: Path, reason: str, kept: int, advice: str | None = None
+             ) -> str:
+    """ArmFailed's message: the arm and seed, the `reason`, what is kept and how to
+    continue (`advice`, else the two cases: a cause outside the settings, the settings)."""
+    advice = advice or (
+        "If the cause is outside the settings (a stopped SuperLink, a full disk), run the "
+        "same command again: it keeps those rows and resumes this arm from its last "
+        "checkpoint. If the settings cause it (a diverging lr or sigma), change them and "
+        "give another --out: a folder holds the rows of one set of settings.")
+    return (f"arm '{run.name}' of seed {run.seed} failed: {reason}\n"
+            f"The {kept} finished (arm, seed) row(s) in {out} are kept. {advice}")
 
 
 def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
@@ -346,10 +354,17 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
             try:
                 trained = train_flwr_arm(run, out, env, init)
             except RunFailed as error:
-                raise ArmFailed(_failure(run, out, error, len(rows))) from error
+                raise ArmFailed(_failure(run, out, _flwr_reason(run, out, error),
+                                         len(rows))) from error
         else:
             msnat = passes.get(("msnat", run.seed))
-            trained = train_hwa_arm(run, None if msnat is None else msnat - pre, out, init)
+            try:
+                trained = train_hwa_arm(run, None if msnat is None else msnat - pre, out, init)
+            except TrainingDiverged as error:  # the settings cause it
+                raise ArmFailed(_failure(run, out, str(error), len(rows))) from error
+            except ConfigError as error:  # its checkpoint: the message says what to do
+                raise ArmFailed(_failure(run, out, str(error), len(rows), advice="Then run "
+                                         "the same command again.")) from error
         trained.sample_passes += pre
         passes[(run.name, run.seed)] = trained.sample_passes
         if init is not None:

@@ -180,8 +180,8 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
         for arm in arms:
             if arm == reference:
                 continue
-            collapsed = sorted(r["seed"] for r in rows if r["arm"] in (arm, reference)
-                               and collapse_reason(r))
+            collapsed = sorted({r["seed"] for r in rows if r["arm"] in (arm, reference)
+                               and collapse_reason(r)})
             if collapsed:
                 cells = [f"collapsed (seed {', '.join(map(str, collapsed))}): not compared"] * \
                     len(columns)
@@ -199,10 +199,11 @@ def normalised_rows(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
     (`comparison.normalised_accuracy`, against that vanilla row's clean test accuracy) of
     every analog test column, keyed "<protocol> <title>" (fractions; A = 1: the digital
     model's accuracy, 0: chance)."""
-    vanilla = {r["seed"]: r["clean"] for r in rows if r["arm"] == "vanilla"}
+    vanilla = {r["seed"]: r["clean"] for r in rows
+               if r["arm"] == "vanilla" and not collapse_reason(r)}
     out = []
-    for r in rows:
-        if r["seed"] not in vanilla:
+    for r in rows:  # a collapsed row (or vanilla) has no meaningful A: left out, flagged
+        if r["seed"] not in vanilla or collapse_reason(r):
             continue
         values = {f"{name} {title}": normalised_accuracy(
             _value(r, name, column), vanilla[r["seed"]], r.get("num_classes", 10))
@@ -215,12 +216,16 @@ def normalised_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str]
                         n_w_columns: Sequence[float]) -> str:
     """The normalised accuracy (`normalised_rows`) per arm: mean ± std over seeds."""
     table = normalised_rows(rows, labels, n_w_columns)
+    left_out = sorted({f"{r['arm']} seed {r['seed']}" for r in rows if collapse_reason(r)})
+    note = (f" Left out, collapsed: {', '.join(left_out)} (a collapsed vanilla row leaves its "
+            "seed out).") if left_out else ""
     if not table:
-        return "**Normalised accuracy**: none; it needs the vanilla arm of the same seed."
+        return ("**Normalised accuracy**: none; it needs the vanilla arm of the same seed, "
+                "not collapsed." + note)
     keys = [k for k in table[0] if k not in ("arm", "method", "seed")]
     lines = ["**Normalised accuracy** A = 1 - (err - err_FP) / (err_chance - err_FP) (Rasch "
              "et al. 2023; err_FP: the vanilla arm's clean test error of the same seed; "
-             "A x 100, mean ± std over seeds)", "",
+             "A x 100, mean ± std over seeds)." + note, "",
              "| " + " | ".join(["method", "seeds", *keys]) + " |",
              "|" + "---|" * (len(keys) + 2)]
     for arm in dict.fromkeys(t["arm"] for t in table):
@@ -243,6 +248,13 @@ def write_paired_csv(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
         for name in PROTOCOLS:
             for title, column in _columns(rows, labels, n_w_columns):
                 for arm in arms:
+                    collapsed = sorted({r["seed"] for r in rows
+                                        if r["arm"] in (arm, reference) and collapse_reason(r)})
+                    if collapsed:  # as in the markdown table: flagged, not compared
+                        writer.writerow([name, title, arm, reference, "", "", "", "",
+                                         f"collapsed (seed {' '.join(map(str, collapsed))})"
+                                         ": not compared"])
+                        continue
                     p = _paired(rows, arm, reference, name, column)
                     writer.writerow([name, title, arm, reference, " ".join(map(str, p.seeds)),
                                      p.mean, p.low, p.high, p.verdict])
@@ -291,9 +303,12 @@ def plot_ablation(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
             for arm in methods:
                 mine = [r for r in rows if r["arm"] == arm]
                 xs, ys, spread = seed_curve(mine, name, kind)
+                collapsed = sum(1 for r in mine if collapse_reason(r))
                 ax.errorbar(xs, ys, yerr=spread, marker="o", capsize=3,
+                            linestyle=":" if collapsed else "-",
                             label=f"{mine[0]['method']} ({len(mine)} seed"
-                                  f"{'s' if len(mine) > 1 else ''})")
+                                  f"{'s' if len(mine) > 1 else ''}"
+                                  f"{f', {collapsed} COLLAPSED' if collapsed else ''})")
             if kind == "drift":
                 ax.set_xscale("log")
             ax.set(title=f"protocol {name}", xlabel=xlabel, ylabel="test accuracy (%)")

@@ -57,6 +57,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from .analog import convert_every_layer, converter_resolution, cuda_indices
 from .data import Splits
+from .errors import ConfigError
 from .models import merge_grouped_convs, model_for, split_grouped_convs
 from .settings_ablation import HWASettings
 from .streams import seed_for
@@ -285,11 +286,12 @@ def _read(path: Path, epochs: int) -> dict[str, Any]:
         state = torch.load(path, weights_only=False)
         done = int(state["epoch"])
     except Exception as error:
-        raise ValueError(f"HWA checkpoint {path}: not readable ({error}); delete it to train "
-                         "this arm again") from error
+        raise ConfigError(f"HWA checkpoint {path}: not readable ({error}); delete it to "
+                          "train this arm again from its start") from error
     if done > epochs:
-        raise ValueError(f"HWA checkpoint {path}: {done} epochs done, more than the {epochs} "
-                         "this arm trains; delete it to train this arm again")
+        raise ConfigError(f"HWA checkpoint {path}: {done} epochs done, more than the "
+                          f"{epochs} this arm trains; delete it to train this arm again from "
+                          "its start")
     return state
 
 

@@ -186,8 +186,10 @@ def run_experiment(grid: Grid, context: Context) -> None:
                            train_config=ConfigRecord({CONFIG_KEY: json.dumps(cfg).encode()}),
                            evaluate_fn=evaluator)
         except RoundFailed as err:
-            message = (f"{err}. The run stops; its last good round is {evaluator.last_saved}: "
-                       f"fix the cause, then continue with output.resume='{run.path}'")
+            # failed.txt: the reason on its first line, the advice on its second (ablate
+            # reads the reason and gives advice of its own)
+            message = (f"{err}. The run stops; its last good round is {evaluator.last_saved}."
+                       f"\nFix the cause, then continue with output.resume='{run.path}'.")
             run.write_text("failed.txt", message + "\n")
             console.print(f"analogai-fl: error: {message}")
             raise RoundFailed(message) from None

@@ -336,6 +336,53 @@ def test_a_collapsed_hwa_arm_is_flagged_in_the_log_the_tables_and_the_csv(tmp_pa
         assert "at chance" in next(csv.DictReader(f))["collapsed"]
 
 
+HWA_FAST = {"training.rounds": 1, "inference.repeats": 1, "inference.drift_times": [1.0],
+            "inference.n_w_sweep": [0.0], "ablation.n_w_columns": [0.0],
+            "ablation.validation": False}
+
+
+def test_a_diverging_hwa_arm_ends_ablate_in_a_few_lines_saying_to_change_the_settings(
+        tmp_path, capsys):
+    """aihwkit's recipe (remap, Gaussian clip) at lr 1e6: the loss turns nan; `ablate` names
+    the arm, the seed and the reason, keeps what it had and says what to change, in a few
+    lines and without a traceback (before: a TrainingDiverged that named no arm)."""
+    from analogai_fl.cli import main
+
+    out = tmp_path / "out"
+    argv = ["ablate", "--arms", "hwa", "--seeds", "0", "--out", str(out), "--run-config",
+            "training.rounds=1 inference.repeats=1 ablation.hwa.lr=1e6"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "arm 'hwa' of seed 0 failed: HWA baseline" in err and "Traceback" not in err
+    assert "try a smaller ablation.hwa.lr (now 1e+06)" in err
+    assert "The 0 finished (arm, seed) row(s)" in err and "another --out" in err
+    assert len(err.splitlines()) <= 3
+
+
+def test_a_damaged_hwa_checkpoint_is_named_and_its_advice_works_when_followed(tmp_path):
+    """Seed 0 finishes; seed 1's epoch checkpoint is cut short. The ablation stops naming
+    the file, keeps seed 0's row and says to delete it and run the same command again;
+    doing exactly that trains seed 1 and keeps seed 0's row as it was."""
+    exp = load(HWA_FAST)
+    ablation.run_ablation(exp, HWA_FAST, tmp_path, [0], ["hwa"], progress=lambda _: None)
+    kept = (tmp_path / ablation_folder.ROWS_FILE).read_text()
+    damaged = ablation_folder.hwa_checkpoint(tmp_path, "hwa", 1)
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ablation.ArmFailed) as failed:
+        ablation.run_ablation(exp, HWA_FAST, tmp_path, [0, 1], ["hwa"],
+                              progress=lambda _: None)
+    message = str(failed.value)
+    assert f"arm 'hwa' of seed 1 failed: HWA checkpoint {damaged}: not readable" in message
+    assert "The 1 finished (arm, seed) row(s)" in message
+    assert "delete it" in message and "run the same command again" in message
+    damaged.unlink()  # the advice, followed
+    rows = ablation.run_ablation(exp, HWA_FAST, tmp_path, [0, 1], ["hwa"],
+                                 progress=lambda _: None)
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    assert (tmp_path / ablation_folder.ROWS_FILE).read_text().startswith(kept)
+
+
 @pytest.mark.e2e
 def test_a_failed_arm_ends_ablate_in_a_few_lines_saying_how_to_continue(tmp_path, capsys):
     """At lr 1e8 the noise-injection arm diverges in round 1 and its run fails; `ablate`

@@ -134,6 +134,26 @@ def test_a_collapsed_arm_is_flagged_and_not_compared():
     assert "collapsed (seed 1): not compared" in paired
 
 
+def test_a_collapsed_arm_is_not_compared_in_the_csv_nor_normalised_and_plots_say_so(
+        tmp_path):
+    """The collapsed reference of the issue (HWA at chance): paired.csv gives no verdict for
+    or against it, and a collapsed vanilla row neither crashes the normalised table (A is
+    undefined against a chance-level digital model) nor enters it."""
+    import csv
+
+    from analogai_fl.ablation_report import normalised_markdown, write_ablation
+    rows = [_row("hwa", 1, 0.10), _row("hwa", 2, 0.8)] + \
+        [_row("b", s, 0.9) for s in (1, 2)] + [_row("vanilla", 1, 0.10), _row("vanilla", 2, 0.9)]
+    write_ablation(rows, [0.1], tmp_path, "hwa")
+    lines = list(csv.DictReader((tmp_path / "paired.csv").read_text().splitlines()))
+    assert lines and all(x["verdict"] == "collapsed (seed 1): not compared"
+                         and x["mean_difference"] == "" for x in lines)
+    md = normalised_markdown(rows, ["1s"], [0.1])
+    assert "Left out, collapsed: hwa seed 1, vanilla seed 1" in md
+    assert "| B | 1 |" in md and "| HWA | 1 |" in md  # seed 2 only
+    assert (tmp_path / "accuracy_vs_drift.png").stat().st_size > 0
+
+
 def test_the_paired_csv_has_a_line_per_protocol_column_and_arm(tmp_path):
     import csv
 
