@@ -11,7 +11,6 @@ protocols.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,14 +22,13 @@ from torch import nn
 
 from . import hwa
 from .ablation_folder import (
-    ROWS_FILE,
-    STATE_FILE,
+    append_row,
     finished_rows,
     hwa_checkpoint,
-    identity,
     model_path,
     save_model,
     unfinished_run,
+    write_state,
 )
 from .ablation_report import write_ablation
 from .analog import drift_accuracy, n_w_sweep
@@ -210,7 +208,10 @@ def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None,
     (folder,) = [unfinished] if unfinished else sorted(
         (out / "runs").glob(f"{run.name}-seed{run.seed}-*"))[-1:]
     run_folder, exp, data = RunFolder.open(folder), run.exp, run.data
-    _, states = run_folder.last_checkpoint(exp.clients, exp.fused)
+    found = run_folder.last_checkpoint(exp.clients, exp.fused)
+    if found is None:
+        raise RunFailed(f"{folder}: the run finished without a checkpoint that reads back")
+    _, states = found
     models = [deployed_model(exp.model, data.shape, state, exp.training.weight_bits)
               for state in states]
     best = max(range(len(models)), key=lambda k: accuracy(models[k], data.val))
@@ -333,9 +334,8 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
         progress(f"not trained: {', '.join(repeats)} (the same run as 'msnat' with these "
                  "settings)")
         runs = [r for r in runs if r.name not in repeats]
-    rows = finished_rows(exp, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / STATE_FILE).write_text(json.dumps({"config": identity(exp.config)}, indent=1))
+    rows = finished_rows(exp, out, progress)
+    write_state(out, exp)
     done = {(r["arm"], r["seed"]) for r in rows}
     if done:
         progress(f"continuing {out}: {len(done)} (arm, seed) result(s) kept")
@@ -384,8 +384,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
             progress(f"[seed {run.seed}] {label} COLLAPSED: {why}; flagged in the tables, "
                      "not compared")
         rows.append(row)
-        with open(out / ROWS_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(out, row)
         hwa_checkpoint(out, run.name, run.seed).unlink(missing_ok=True)  # the row has it
         write_ablation(rows, exp.ablation.n_w_columns, out, exp.ablation.reference)
         rendered = True

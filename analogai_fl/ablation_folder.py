@@ -6,7 +6,7 @@ extended ablation continue where it stopped."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import defaults
 from .errors import ConfigError
-from .outputs import RunFolder
+from .outputs import RunFolder, append_jsonl, read_jsonl
 from .schema import CONF_KEY
 from .settings import Experiment
 
@@ -68,14 +68,41 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
 REPORT_ONLY = ("seed", "output.name", CONF_KEY, "ablation.reference")
 
 
-def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
+def write_state(out: Path, exp: Experiment) -> None:
+    """ablation.json: the settings the folder's rows are made with (`identity`), written
+    atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps({"config": identity(exp.config)}, indent=1))
+    tmp.replace(out / STATE_FILE)
+
+
+def append_row(out: Path, row: Mapping[str, Any]) -> None:
+    """One finished (arm, seed) row at the end of rows.jsonl, on disk before it returns."""
+    append_jsonl(out / ROWS_FILE, row)
+
+
+def _saved_config(out: Path) -> dict[str, Any]:
+    path = out / STATE_FILE
+    try:
+        return json.loads(path.read_text())["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(f"'{path}' is damaged ({type(err).__name__}: {err}): it records "
+                          "the settings this folder's rows were made with; restore it, or "
+                          "give another --out") from None
+
+
+def finished_rows(exp: Experiment, out: Path, warn: Callable[[str], None] = print
+                  ) -> list[dict[str, Any]]:
     """The rows already in `out` (empty for a new folder). ConfigError when `out` holds an
-    ablation of other settings, naming the keys that differ: its rows would not compare."""
+    ablation of other settings, naming the keys that differ: its rows would not compare;
+    ConfigError naming the file (and line) when ablation.json or rows.jsonl is damaged,
+    except a last row cut short when the ablation was killed writing it: that row is
+    dropped (its arm trains again) and `warn` told so."""
     if not (out / STATE_FILE).exists():
         return []
     # a key added to the schema after the folder was written has its default there
-    saved = identity(defaults()) | identity(
-        json.loads((out / STATE_FILE).read_text())["config"])
+    saved = identity(defaults()) | identity(_saved_config(out))
     mine = identity(exp.config)
     differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
     if differ:
@@ -84,8 +111,7 @@ def finished_rows(exp: Experiment, out: Path) -> list[dict[str, Any]]:
         raise ConfigError(f"--out {out}: holds an ablation with other settings ({shown}); "
                           "use the same conf and --run-config to continue it, or another "
                           "--out")
-    rows = [json.loads(line) for line in (out / ROWS_FILE).read_text().splitlines()
-            if line.strip()] if (out / ROWS_FILE).exists() else []
+    rows = read_jsonl(out / ROWS_FILE, warn)
     for row in rows:  # JSON keys are strings; the n_w sweep is keyed by float
         for results in [*row["protocols"].values(),
                         *row.get("val", {}).get("protocols", {}).values()]:

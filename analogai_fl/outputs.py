@@ -91,6 +91,41 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    """One JSON object as a line at the end of `path`, flushed to disk before returning (a
+    kill can cut short only the line being written, which `read_jsonl` recognises)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path, warn: Callable[[str], None] | None = None
+               ) -> list[dict[str, Any]]:
+    """The records of `path` (one JSON object per line; [] when there is no file);
+    ConfigError naming the file and line when one does not parse (a line cut short when a
+    run was killed writing it). Given `warn` (a reader that rewrites or appends to the file:
+    a resume), a damaged last line, the record being written when the run was killed, is
+    dropped and `warn` told so instead."""
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if warn is not None and not any(x.strip() for x in lines[number:]):
+                warn(f"'{path}' line {number}, its last, is damaged ({err.msg}): the record "
+                     "being written when the run stopped; dropped")
+                break
+            raise ConfigError(f"'{path}' line {number} is damaged ({err.msg}): remove that "
+                              "line, or restore the file, to read the run") from None
+    return records
+
+
 class RunFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -127,37 +162,23 @@ class RunFolder:
         _atomic_write(self.path / name, lambda tmp: tmp.write_text(text))
 
     def append_jsonl(self, name: str, record: Mapping[str, Any]) -> None:
-        with open(self.path / name, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path / name, record)
 
-    def read_jsonl(self, name: str) -> list[dict[str, Any]]:
-        """The records of `name` (one JSON object per line); ConfigError naming the file and
-        line when one does not parse (a line cut short when a run was killed writing it)."""
-        path = self.path / name
-        if not path.is_file():
-            return []
-        records = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"'{path}' line {number} is damaged ({err.msg}): remove "
-                                  "that line, or restore the file, to read the run") from None
-        return records
+    def read_jsonl(self, name: str, warn: Callable[[str], None] | None = None
+                   ) -> list[dict[str, Any]]:
+        """`read_jsonl` of the file `name` of this run folder."""
+        return read_jsonl(self.path / name, warn)
 
     def client_replies(self) -> list[dict[str, Any]]:
         """clients.jsonl's line per round and client, without the retry records (lines with
         a "retry" key: a noise level sent again after a missing or failed reply)."""
         return [r for r in self.read_jsonl("clients.jsonl") if "retry" not in r]
 
-    def rewind(self, last_round: int) -> None:
-        """Drop records of rounds after `last_round` (an unfinished round being redone)."""
+    def rewind(self, last_round: int, warn: Callable[[str], None] = print) -> None:
+        """Drop records of rounds after `last_round` (an unfinished round being redone), and
+        a last line cut short when the run was killed writing it (`warn` is told)."""
         for name in ("metrics.jsonl", "clients.jsonl"):
-            kept = [r for r in self.read_jsonl(name) if r["round"] <= last_round]
+            kept = [r for r in self.read_jsonl(name, warn) if r["round"] <= last_round]
             self.write_text(name, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_checkpoint(self, server_round: int, states: list[dict[str, torch.Tensor]],
@@ -185,12 +206,13 @@ class RunFolder:
         found = [(CHECKPOINT.fullmatch(p.name), p) for p in self.checkpoints.glob("round_*.pt")]
         return [(int(m.group(1)), p) for m, p in found if m]
 
-    def last_checkpoint(self, count: int, fused: bool, warn: Callable[[str], None] = print
-                        ) -> tuple[int, list[dict]] | None:
+    def last_checkpoint(self, count: int, fused: bool, warn: Callable[[str], None] = print,
+                        server_state: bool = False) -> tuple[int, list[dict]] | None:
         """(round, state_dicts) of the newest complete checkpoint that reads back, or None.
         A round with a damaged file (cut short by a full disk or a partial copy) is skipped
         for the round before it, and `warn` is told which file, why and which round is used
-        instead."""
+        instead. With `server_state` (a strategy that keeps state between rounds) the
+        round's server-state file, where there is one, must read back too."""
         by_round: dict[int, list[Path]] = {}
         for r, p in self._checkpoint_files():
             by_round.setdefault(r, []).append(p)
@@ -201,6 +223,8 @@ class RunFolder:
                 continue
             try:
                 states = [read_checkpoint(self.checkpoints / n) for n in names]
+                if server_state:
+                    self.server_state(r)
             except ConfigError as err:
                 damaged.append(str(err))
                 continue

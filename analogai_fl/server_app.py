@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
-from strategies import RoundFailed, build_strategy
+from strategies import RoundFailed, build_strategy, keeps_server_state
 from strategies.retry import RetryingGrid
 
 from .analog import drift_accuracy
@@ -143,10 +143,12 @@ def run_experiment(grid: Grid, context: Context) -> None:
         return [state] * (1 if fused else len(sigmas))
 
     found = None
+    keeps_state = keeps_server_state(exp)
     if exp.output.resume:  # every check before the run folder is touched
         run = RunFolder.open(exp.output.resume)
         found = run.last_checkpoint(len(sigmas), fused,
-                                    lambda m: console.print(f"analogai-fl: warning: {m}"))
+                                    lambda m: console.print(f"analogai-fl: warning: {m}"),
+                                    server_state=keeps_state)
         if found is None:  # round 1 failed: its last good round is the start, made again
             console.print(f"{run.path} has no checkpoint yet (its last good round is 0): "
                           "it starts again from round 1")
@@ -164,7 +166,8 @@ def run_experiment(grid: Grid, context: Context) -> None:
         strategy.load_server_state(saved, initial)
     if run is not None:
         run.write_text(f"config-resume-{first_round:04d}.yaml", dump_yaml(cfg))
-        run.rewind(first_round if found else -1)  # round 0 is evaluated again at the start
+        run.rewind(first_round if found else -1,  # round 0 is evaluated again at the start
+                   lambda m: console.print(f"analogai-fl: warning: {m}"))
         (run.path / "failed.txt").unlink(missing_ok=True)
     else:
         run = RunFolder.create(exp.output, dump_yaml(cfg))

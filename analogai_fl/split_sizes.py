@@ -30,6 +30,14 @@ def _smallest(works, start: float) -> float:
     return f
 
 
+def _largest(works, start: float) -> float:
+    """The largest fraction with 4 decimals from `start` down for which `works` holds."""
+    f = math.floor(start * 1e4) / 1e4
+    while not works(f) and f > 0:
+        f = round(f - 1e-4, 4)
+    return f
+
+
 def check_digits_splits(val_fraction: float, test_fraction: float) -> None:
     """ConfigError naming the key, the images its split would hold and the smallest value
     that works, unless digits' stratified test split (of all images) and validation split
@@ -42,6 +50,11 @@ def check_digits_splits(val_fraction: float, test_fraction: float) -> None:
                           f"{test} of digits' {n} images; a stratified split needs at least {c} "
                           f"(one per class): use at least {least:g}")
     rest = n - test
+    if rest < 2 * c:  # a validation split and a training split of every class each
+        most = _largest(lambda f: n - held_out(n, f) >= 2 * c, 1 - 2 * c / n)
+        raise ConfigError(f"key 'data.test_fraction' = {test_fraction:g} leaves {rest} of "
+                          f"digits' {n} images for validation and training; stratified, they "
+                          f"need at least {c} each (one per class): use at most {most:g}")
 
     def val_size(f: float) -> int:
         return held_out(rest, f / (1 - test_fraction))
@@ -53,10 +66,11 @@ def check_digits_splits(val_fraction: float, test_fraction: float) -> None:
                           f"split of {val} of digits' {n} images; a stratified split needs at "
                           f"least {c} (one per class): use at least {least:g}")
     if rest - val < c:
-        raise ConfigError(f"keys 'data.val_fraction' = {val_fraction:g} and "
-                          f"'data.test_fraction' = {test_fraction:g} leave {rest - val} of "
-                          f"digits' {n} images for training; a stratified split needs at least "
-                          f"{c} (one per class): lower them")
+        most = _largest(lambda f: rest - val_size(f) >= c, (rest - c) / rest * (1 - test_fraction))
+        raise ConfigError(f"key 'data.val_fraction' = {val_fraction:g} leaves {rest - val} of "
+                          f"digits' {n} images for training (with data.test_fraction = "
+                          f"{test_fraction:g}); a stratified split needs at least {c} (one per "
+                          f"class): use at most {most:g}")
 
 
 def check_training_split(name: str, images: int, val_fraction: float) -> None:

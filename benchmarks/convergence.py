@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from analogai_fl.checks import prepare
 from analogai_fl.config import parse_run_config
 from analogai_fl.data import load_data
 from analogai_fl.flwr_cli import completed_run, run_config_string
+from analogai_fl.outputs import RunFolder
 from analogai_fl.reporting import percent, pyplot
 from analogai_fl.schema import CONF_KEY, DEFAULT_CONF
 from analogai_fl.settings import Experiment
@@ -42,7 +42,7 @@ def flwr_curve(name: str, exp: Experiment, overrides: dict, out: Path) -> list[f
         "inference.every": 1}
     completed_run(run_config_string(run_config))
     (folder,) = sorted((out / "runs").glob(f"{name}-seed{exp.seed}-*"))[-1:]
-    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    records = RunFolder.open(folder).read_jsonl("metrics.jsonl")
     return [r["val_acc"] for r in records if r["round"] > 0]
 
 

@@ -12,7 +12,6 @@ the row of the last option, `| + activation noise (0.1, all clients) | ... |`.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -59,8 +58,8 @@ def main() -> None:
             "output.dir": str(out), "output.name": name}))
         wall = time.time() - started
         (folder,) = sorted(out.glob(f"{name}-*"))
-        final = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
-        clients = RunFolder.open(folder).client_replies()
+        run = RunFolder.open(folder)
+        final, clients = run.read_jsonl("metrics.jsonl")[-1], run.client_replies()
         pcm = final["pcm"]
         cells = [f"{100 * final['clean_acc']:.1f}",
                  *(f"{100 * pcm[t]['mean']:.1f} ± {100 * pcm[t]['std']:.1f}"

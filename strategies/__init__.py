@@ -21,7 +21,8 @@ from .flower import (
 )
 from .msnat import MSNATStrategy
 
-__all__ = ["BUILT_INS", "MSNATStrategy", "NoiseLevelDispatch", "RoundFailed", "build_strategy"]
+__all__ = ["BUILT_INS", "MSNATStrategy", "NoiseLevelDispatch", "RoundFailed", "build_strategy",
+           "keeps_server_state"]
 
 
 def _fedopt(s: StrategySettings, exp: Experiment) -> dict[str, float]:
@@ -50,6 +51,13 @@ assert set(BUILT_INS) | {"msnat"} == set(STRATEGY_NAMES)
 def model_buffer_names(exp: Experiment) -> frozenset[str]:
     """State_dict keys of the configured model that are not trainable parameters."""
     return model_facts(exp.model, data_shape(exp.data)).buffer_names
+
+
+def keeps_server_state(exp: Experiment) -> bool:
+    """Whether the configured strategy keeps state between rounds (`SERVER_STATE`) that a
+    checkpoint must hold for a resume to continue exactly."""
+    cls = MSNATStrategy if exp.strategy.name == "msnat" else BUILT_INS[exp.strategy.name][0]
+    return bool(cls.SERVER_STATE)
 
 
 def build_strategy(exp: Experiment, round_offset: int = 0,

@@ -292,6 +292,31 @@ def test_an_ablation_folder_of_other_settings_is_refused_before_any_work(tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_damaged_ablation_folder_file_is_named_and_a_row_cut_short_is_dropped(tmp_path):
+    """rows.jsonl's last row cut short by a kill is dropped with a warning (its arm trains
+    again); a damaged row before others, or a damaged ablation.json, is refused naming the
+    file (and line) before any work."""
+    exp = load({"training.rounds": 1})
+    ablation_folder.write_state(tmp_path, exp)
+    for seed in (0, 1):
+        ablation_folder.append_row(tmp_path, {"arm": "vanilla", "seed": seed, "protocols": {}})
+    rows_file = tmp_path / ablation_folder.ROWS_FILE
+    with open(rows_file, "a") as f:
+        f.write('{"arm": "msnat", "se')  # killed while writing
+    said = []
+    rows = ablation_folder.finished_rows(exp, tmp_path, said.append)
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert "rows.jsonl' line 3, its last, is damaged" in said[0]
+    lines = rows_file.read_text().splitlines()
+    rows_file.write_text("\n".join([lines[0], lines[2], lines[1]]) + "\n")
+    with pytest.raises(ConfigError, match="rows.jsonl' line 2 is damaged"):
+        ablation.run_ablation(exp, {}, tmp_path, [0], ["vanilla"])
+    (tmp_path / ablation_folder.STATE_FILE).write_text('{"config": {"seed"')
+    with pytest.raises(ConfigError, match="ablation.json' is damaged .*another --out"):
+        ablation.run_ablation(exp, {}, tmp_path, [0], ["vanilla"])
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.e2e
 def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation):
     out, _ = tiny_ablation

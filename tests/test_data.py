@@ -276,6 +276,32 @@ def test_a_digits_split_too_small_to_stratify_is_refused_before_any_work(changes
     assert held_out(DIGITS_IMAGES, 0.2) == 360
 
 
+@pytest.mark.parametrize("changes, key", [
+    ({"data.test_fraction": 0.995, "data.val_fraction": 0.004}, "data.test_fraction"),
+    ({"data.test_fraction": 0.2, "data.val_fraction": 0.795}, "data.val_fraction"),
+])
+def test_splits_that_leave_too_few_training_images_name_the_key_and_the_largest_value(
+        changes, key):
+    """Too large a test (or validation) fraction names that key and the largest value
+    that works, and that value is the largest; following each piece of advice in turn
+    gives splits that scikit-learn stratifies."""
+    with pytest.raises(ConfigError, match=rf"^key '{key}' = .* use at most [0-9.]+$") as refused:
+        experiment(**changes)
+    most = float(str(refused.value).rsplit(" ", 1)[1])
+    with pytest.raises(ConfigError, match=rf"^key '{key}'"):  # it is the largest
+        experiment(**(changes | {key: round(most + 1e-4, 4)}))
+    followed = dict(changes)
+    for _ in range(3):  # the advice, followed (a smaller test split may need a validation
+        try:            # split that fits in what it leaves: the next message says so)
+            settings = experiment(**followed)
+            break
+        except ConfigError as error:
+            key_named = str(error).split("'")[1]
+            followed[key_named] = float(str(error).rsplit(" ", 1)[1])
+    splits = D.load_data(settings.data)
+    assert min(len(splits.train), len(splits.val), len(splits.test)) >= 10
+
+
 def test_digits_has_the_size_the_split_checks_assume():
     from sklearn.datasets import load_digits
 

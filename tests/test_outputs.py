@@ -6,7 +6,7 @@ import torch
 from helpers import named
 
 from analogai_fl import config
-from analogai_fl.outputs import RunFolder
+from analogai_fl.outputs import RunFolder, server_state_name
 
 
 def test_run_folder_holds_a_reusable_config(run, cfg, tmp_path):
@@ -75,3 +75,40 @@ def test_a_damaged_line_of_metrics_is_named_with_its_file_and_line(run):
         f.write('{"round": 2, "clean_ac')  # killed while writing
     with pytest.raises(config.ConfigError, match=r"metrics.jsonl' line 2 is damaged"):
         run.read_jsonl("metrics.jsonl")
+
+
+def test_a_resume_drops_a_last_line_cut_short_and_follows_the_advice_for_any_other(run):
+    """The record being written when the run was killed is dropped, with a warning, by the
+    rewind a resume does; a damaged line before others is refused naming it, and removing
+    that line, as the message says, makes the file read."""
+    for r in (1, 2):
+        run.append_jsonl("metrics.jsonl", {"round": r})
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write('{"round": 3, "clean_ac')  # killed while writing round 3
+    said = []
+    run.rewind(2, warn=said.append)
+    assert [r["round"] for r in run.read_jsonl("metrics.jsonl")] == [1, 2]
+    (message,) = said
+    assert "metrics.jsonl' line 3, its last, is damaged" in message and "dropped" in message
+    lines = (run.path / "metrics.jsonl").read_text().splitlines()
+    (run.path / "metrics.jsonl").write_text("\n".join([lines[0], '{"rou', lines[1]]) + "\n")
+    with pytest.raises(config.ConfigError, match=r"line 2 is damaged .*remove that line"):
+        run.rewind(2, warn=said.append)
+    (run.path / "metrics.jsonl").write_text("\n".join([lines[0], lines[1]]) + "\n")  # removed
+    run.rewind(2, warn=said.append)
+    assert [r["round"] for r in run.read_jsonl("metrics.jsonl")] == [1, 2]
+
+
+def test_a_damaged_server_state_skips_its_round_when_the_strategy_keeps_one(run, lenet):
+    """FedAvgM and FedOpt resume with their momentum: a round whose server-state file is cut
+    short is not complete for them, so the round before is used (and said); a strategy
+    without server state does not read the file."""
+    momentum = {"momentum_vector.0": torch.ones(3)}
+    for r in (1, 2):
+        run.save_checkpoint(r, [lenet.state_dict()], fused=True, server_state=momentum)
+    state_file = run.checkpoints / server_state_name(2)
+    _cut_short(state_file)
+    said = []
+    found_round, _ = run.last_checkpoint(1, fused=True, warn=said.append, server_state=True)
+    assert found_round == 1 and str(state_file) in said[0] and "from round 1" in said[0]
+    assert run.last_checkpoint(1, fused=True, warn=said.append)[0] == 2
