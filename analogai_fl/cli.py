@@ -4,6 +4,7 @@
     analogai-fl infer CHECKPOINT [--conf FILE] [--run-config "key=value ..."]
                                  [--model-index K] [--out DIR] [--no-sweep]
     analogai-fl ablate [--conf FILE] [--run-config "..."] [--seeds S,..] [--arms A,..]
+    analogai-fl plot RUN_FOLDER [RUN_FOLDER ...] [--labels A,B,..] [--out FILE]
 
 Each subcommand is a function `add_<name>(subparsers)` that adds its parser and sets
 `handler`, registered in `SUBCOMMANDS`. A handler raises `CliError` (or `ConfigError`) for a
@@ -313,10 +314,52 @@ def add_check(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_check)
 
 
+# --- plot -----------------------------------------------------------------------------------
+
+def run_plot(args: argparse.Namespace) -> int:
+    from .curves import CURVES_FILE, RunCurves, plot_curves
+
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else []
+    if labels and len(labels) != len(args.runs):
+        raise CliError(f"--labels: {len(labels)} label(s) for {len(args.runs)} run folder(s); "
+                       "give one per folder, in the same order")
+    runs = [RunCurves.read(Path(folder), labels[i] if labels else None,
+                           given_as=f"run folder {i + 1}")
+            for i, folder in enumerate(args.runs)]
+    if args.out:
+        out = Path(args.out)
+    elif len(runs) == 1:
+        out = Path(args.runs[0]) / CURVES_FILE
+    else:
+        out = Path(f"curves-{'-vs-'.join(Path(f).resolve().name for f in args.runs)}.png")
+    if out.suffix.lower() != ".png":
+        raise CliError(f"--out '{out}': expected a .png file")
+    print(f"Wrote {plot_curves(runs, out)}")
+    return 0
+
+
+def add_plot(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plot", help="draw the training curves of one run folder, or overlay several",
+        description="Clean, validation and on-chip accuracy of the global model per drift "
+        "time over the rounds (Monte-Carlo std as a band), and each noise level's training "
+        "loss and noisy validation accuracy, read from the run folders' metrics.jsonl and "
+        "clients.jsonl. One folder: the same picture as the run's own curves.png. Several: "
+        "overlaid, a colour per run.",
+        epilog="example: analogai-fl plot runs/fi-on runs/fi-off --labels 'FI on,FI off' "
+        "--out fi.png")
+    parser.add_argument("runs", nargs="+", metavar="RUN_FOLDER", help="run folders")
+    parser.add_argument("--labels", metavar="A,B,...", help="legend names, one per folder "
+                        "(default: the folder names)")
+    parser.add_argument("--out", help="PNG file (default: <run>/curves.png for one folder, "
+                        "curves-<run>-vs-<run>.png in the current folder for several)")
+    parser.set_defaults(handler=run_plot)
+
+
 # --- entry point ----------------------------------------------------------------------------
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_check, add_infer,
-                                                                   add_ablate]
+                                                                   add_ablate, add_plot]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -151,11 +151,13 @@ class RunFolder:
         return run
 
     @classmethod
-    def open(cls, path: str | Path) -> RunFolder:
+    def open(cls, path: str | Path, given_as: str = "key 'output.resume'") -> RunFolder:
+        """The run folder at `path`; ConfigError naming what gave it (`given_as`) when it
+        has no config.yaml."""
         run = cls(Path(path).expanduser().resolve())
         if not (run.path / "config.yaml").is_file():
-            raise ConfigError(f"key 'output.resume': '{run.path}' is not a run folder (it has "
-                              "no config.yaml)")
+            raise ConfigError(f"{given_as}: '{run.path}' is not a run folder (it has no "
+                              "config.yaml)")
         return run
 
     def write_text(self, name: str, text: str) -> None:

@@ -20,6 +20,7 @@ from strategies.retry import RetryingGrid
 from .analog import drift_accuracy
 from .checks import evaluation_device, model_state, prepare
 from .config import dump_yaml
+from .curves import CURVES_FILE, write_run_curves
 from .data import Splits
 from .errors import ConfigError
 from .models import deployed_model, model_for
@@ -78,6 +79,10 @@ class Evaluator:
                    "torch_device": str(self.device)}
         self.run.append_jsonl("metrics.jsonl", record)
         self.records.append(record)
+        try:  # a picture of the run so far; a failure to draw it must not stop the training
+            write_run_curves(self.run.path)
+        except Exception as err:  # matplotlib and the file system raise many kinds
+            console.print(f"analogai-fl: warning: {CURVES_FILE} not drawn: {err}")
         pcm = "  ".join(f"{label} {entry_text(v)}" for label, v in record.get("pcm", {}).items())
         console.print(f"[round {r}/{self.exp.rounds}] clean "
                       f"{percent(record['clean_acc'])}%  val {percent(record['val_acc'])}%  "

@@ -91,6 +91,16 @@ def test_checkpoints_load_as_plain_state_dicts(default_run):
     assert (folder / "config.yaml").is_file() and (folder / "summary.json").is_file()
 
 
+def test_a_run_leaves_its_curves_drawn_from_its_records(default_run):
+    from analogai_fl.curves import CURVES_FILE, RunCurves
+
+    folder, _ = default_run
+    assert (folder / CURVES_FILE).read_bytes()[:4] == b"\x89PNG"
+    curves = RunCurves.read(folder)
+    assert [m["round"] for m in curves.metrics] == rounds(folder)
+    assert curves.drift_labels() and len(curves.sigmas()) == 5
+
+
 def test_a_run_resumes_from_its_last_round(default_run):
     folder, _ = default_run
     completed(f"output.resume='{folder}' training.rounds=3 inference.repeats=1")
