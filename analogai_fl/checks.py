@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import models
+from . import models, tensorboard_log
 from .data import DataNotFoundError, Splits, data_shape, load_data
 from .errors import ConfigError
 from .models import ModelFacts
@@ -79,6 +79,8 @@ def check_experiment(exp: Experiment) -> None:
     evaluation_device(exp)
     if exp.model_init is not None:
         model_state(exp.model_init, exp, "key 'model.init'")
+    if exp.output.tensorboard:
+        tensorboard_log.check_installed()
 
 
 def evaluation_device(exp: Experiment) -> torch.device:

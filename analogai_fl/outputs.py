@@ -39,6 +39,7 @@ class OutputSettings:
     name: str  # run folder prefix; default: the conf file's name
     resume: str  # "" = a new run
     keep_checkpoints: int  # 0 = all
+    tensorboard: bool = False  # event files in <run>/tensorboard/ (tensorboard_log)
 
 
 def server_state_name(server_round: int) -> str:

@@ -365,6 +365,10 @@ def _output_keys() -> dict[str, Key]:
         "output.resume": Key("", "path of a run folder to continue from its last round"),
         "output.keep_checkpoints": Key(0, "keep only the newest N rounds' checkpoints (0 = all)",
                                        minimum=0),
+        "output.tensorboard": Key(False, "also write each round's accuracies and client "
+                                  "metrics, and the resolved config, to <run>/tensorboard/ "
+                                  "for TensorBoard (the optional extra: pip install -e "
+                                  "\".[tensorboard]\")"),
     }
 
 

@@ -29,6 +29,7 @@ from .partitions import describe_partition
 from .reporting import entry_text, final_table, percent
 from .settings import Experiment
 from .streams import seed_for
+from .tensorboard_log import TensorBoardLog
 from .training import accuracy
 from .wire import CONFIG_KEY, join_models, split_models
 
@@ -41,8 +42,10 @@ class Evaluator:
     and PCM accuracy of the global model (of each of the K models with FI off)."""
 
     def __init__(self, exp: Experiment, run: RunFolder, data: Splits, first_round: int,
-                 server_state: Callable[[], dict[str, torch.Tensor] | None] = lambda: None):
+                 server_state: Callable[[], dict[str, torch.Tensor] | None] = lambda: None,
+                 tensorboard: TensorBoardLog | None = None):
         self.exp, self.run, self.data, self.offset = exp, run, data, first_round
+        self.tensorboard = tensorboard  # output.tensorboard's event stream, if on
         self.server_state = server_state  # the strategy's, saved with each checkpoint
         self.last_saved = first_round
         self.fused = exp.fused
@@ -79,6 +82,8 @@ class Evaluator:
                    "torch_device": str(self.device)}
         self.run.append_jsonl("metrics.jsonl", record)
         self.records.append(record)
+        if self.tensorboard is not None:
+            self.tensorboard.evaluated(record)
         try:  # a picture of the run so far; a failure to draw it must not stop the training
             write_run_curves(self.run.path)
         except Exception as err:  # matplotlib and the file system raise many kinds
@@ -122,10 +127,13 @@ def run_experiment(grid: Grid, context: Context) -> None:
     exp, data = prepared.exp, prepared.data
     cfg, sigmas, fused = exp.config, exp.noise_levels, exp.fused
     run: RunFolder | None = None
+    tensorboard: TensorBoardLog | None = None
 
     def log_clients(server_round: int, metrics: list[dict]) -> None:
         for m in metrics:
             run.append_jsonl("clients.jsonl", {"round": server_round, **m})
+        if tensorboard is not None:
+            tensorboard.clients(server_round, metrics)
         console.print(f"[round {server_round}] clients " + "  ".join(
             f"sigma {m['sigma']:g}: loss {m['train_loss']:.3f} acc {percent(m['train_acc'])}%"
             for m in metrics))
@@ -183,8 +191,11 @@ def run_experiment(grid: Grid, context: Context) -> None:
                   f"strategy {exp.strategy.name}, {exp.model} on {exp.data.name} "
                   f"({exp.data.partition}))")
 
+    if exp.output.tensorboard:
+        tensorboard = TensorBoardLog(run.path, first_round, dump_yaml(cfg))
     evaluator = Evaluator(exp, run, data, first_round,
-                          strategy.server_state if strategy.SERVER_STATE else lambda: None)
+                          strategy.server_state if strategy.SERVER_STATE else lambda: None,
+                          tensorboard)
     remaining = exp.rounds - first_round
     if remaining > 0:
         try:
@@ -201,6 +212,11 @@ def run_experiment(grid: Grid, context: Context) -> None:
             run.write_text("failed.txt", message + "\n")
             console.print(f"analogai-fl: error: {message}")
             raise RoundFailed(message) from None
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
+    elif tensorboard is not None:  # nothing left to train
+        tensorboard.close()
     table, summary = final_table(evaluator.records, fused)
     summary |= {"run": str(run.path), "wall_seconds_this_invocation": time.time() - started}
     run.write_text("summary.json", json.dumps(summary, indent=2))

@@ -370,4 +370,5 @@ def _output(cfg: Mapping[str, Any]) -> OutputSettings:
     return OutputSettings(dir=Path(cfg["output.dir"]).expanduser(),
                           name=cfg["output.name"] or Path(cfg.get(CONF_KEY, DEFAULT_CONF)).stem,
                           resume=cfg["output.resume"],
-                          keep_checkpoints=cfg["output.keep_checkpoints"])
+                          keep_checkpoints=cfg["output.keep_checkpoints"],
+                          tensorboard=cfg["output.tensorboard"])

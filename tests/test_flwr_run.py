@@ -56,7 +56,7 @@ def rounds(folder: Path, name: str = "metrics.jsonl") -> list[int]:
 def default_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("runs")
     log = completed(f"training.rounds=2 inference.repeats=2 inference.drift_times='1,86400' "
-                    f"output.dir='{out}'")
+                    f"output.tensorboard=true output.dir='{out}'")
     (folder,) = run_folders(out)
     return folder, log
 
@@ -105,6 +105,13 @@ def test_a_run_resumes_from_its_last_round(default_run):
     folder, _ = default_run
     completed(f"output.resume='{folder}' training.rounds=3 inference.repeats=1")
     assert rounds(folder) == [0, 1, 2, 3]
+    # output.tensorboard: the ServerApp's event stream, continued by the resume
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("accuracy/clean")] == [0, 1, 2, 3]
+    assert [e.step for e in events.Scalars("accuracy/chip_1d")] == [0, 1, 2, 3]
+    assert [e.step for e in events.Scalars("client_loss/sigma_0.3")] == [1, 2, 3]
     assert sorted(set(rounds(folder, "clients.jsonl"))) == [1, 2, 3]
     assert (folder / "checkpoints" / "round_0003.pt").is_file()
 
