@@ -194,18 +194,27 @@ def to_analog(model: nn.Module, protocol: Protocol, device: torch.device | str =
     that (input ranges replace it). Raises ValueError when `calibration` is missing or
     empty."""
     analog = convert_every_layer(model, rpu_config(protocol), CONVERSION_MAP)
-    wanted = protocol.input_range_images
-    if wanted:
-        if calibration is None or len(calibration) == 0:
-            raise ValueError(f"protocol '{protocol.name}' calibrates its input ranges on up "
-                             f"to {wanted} training images (input_range_images); got none")
-        images = (x for x, _ in batches(calibration, CALIBRATION_BATCH))
-        shown = itertools.islice(images, math.ceil(wanted / CALIBRATION_BATCH))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(seed, "input-ranges"))
-            calibrate_input_ranges(analog.eval(), InputRangeCalibrationType.CACHE_QUANTILE,
-                                   (((x,), {}) for x in shown), quantile=CALIBRATION_QUANTILE)
+    calibrate(analog, protocol, calibration, seed)
     return analog.to(device).eval()
+
+
+def calibrate(analog: nn.Module, protocol: Protocol, calibration: Dataset | None,
+              seed: int) -> None:
+    """`to_analog`'s input-range calibration of the converted `analog` (in place; nothing
+    when the protocol has no input ranges). ValueError when `calibration` is needed but
+    missing or empty."""
+    wanted = protocol.input_range_images
+    if not wanted:
+        return
+    if calibration is None or len(calibration) == 0:
+        raise ValueError(f"protocol '{protocol.name}' calibrates its input ranges on up "
+                         f"to {wanted} training images (input_range_images); got none")
+    images = (x for x, _ in batches(calibration, CALIBRATION_BATCH))
+    shown = itertools.islice(images, math.ceil(wanted / CALIBRATION_BATCH))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(seed, "input-ranges"))
+        calibrate_input_ranges(analog.eval(), InputRangeCalibrationType.CACHE_QUANTILE,
+                               (((x,), {}) for x in shown), quantile=CALIBRATION_QUANTILE)
 
 
 def batches(data: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

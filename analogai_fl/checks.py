@@ -47,14 +47,19 @@ def model_facts(exp: Experiment) -> ModelFacts:
 
 def model_state(path: Path, exp: Experiment, source: str = "") -> dict[str, torch.Tensor]:
     """The weights in `path` for the configured model (`outputs.read_model_state`): a run's
-    checkpoint or any plain state_dict of `model.name` at `data.name`'s shape. ConfigError
-    naming the file (after `source`) and the first keys that differ."""
+    checkpoint, any plain state_dict of `model.name` at `data.name`'s shape, or the
+    state_dict of an aihwkit analog model of it (read back by `aihwkit_io.digital_state`).
+    ConfigError naming the file (after `source`) and the first keys that differ."""
+    from .aihwkit_io import digital_state
+
     shape = data_shape(exp.data)
     with torch.random.fork_rng(devices=[]):
         expected = models.model_for(exp.model, shape).state_dict()
     described = (f"'{exp.model}' ({shape.in_channels} channel(s), {shape.image_size}x"
                  f"{shape.image_size}, {shape.num_classes} classes; {exp.data.name})")
-    return read_model_state(path, expected, described, source)
+    named = f"{source}: '{path}'" if source else f"'{path}'"
+    return read_model_state(path, expected, described, source,
+                            lambda state: digital_state(state, exp.model, shape, named))
 
 
 def min_examples_per_batch(exp: Experiment) -> int:

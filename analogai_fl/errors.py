@@ -1,5 +1,6 @@
 """The project's errors that every layer raises and the commands report, at the bottom of the
-import graph: `ConfigError` for bad user input, `ArmFailed` for an ablation arm that failed.
+import graph: `ConfigError` for bad user input, `CliError` for a command's arguments,
+`ArmFailed` for an ablation arm that failed.
 
 Every reader of something the user supplies (a config key, a conf file, a data folder, a run
 folder) raises `ConfigError` or a subclass of it (`data.DataNotFoundError`, `idx.IdxError`),
@@ -16,3 +17,7 @@ class ConfigError(ValueError):
 class ArmFailed(RuntimeError):
     """An `analogai-fl ablate` arm's `flwr run` failed; the message says which arm and seed,
     why, that the finished rows are kept and how to continue."""
+
+
+class CliError(Exception):
+    """A mistake in an `analogai-fl` command's arguments: printed as one line, exit code 2."""

@@ -15,6 +15,7 @@ Every write appends or replaces atomically, so a crash never loses earlier resul
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -52,13 +53,24 @@ def checkpoint_names(server_round: int, count: int, fused: bool) -> list[str]:
     return [f"round_{server_round:04d}_noise_{k}.pt" for k in range(count)]
 
 
+def is_analog_state(state: Any) -> bool:
+    """Whether `state` is the state_dict of an aihwkit analog model (its analog layers'
+    entries: `<layer>.analog_module.analog_tile_state` and the like)."""
+    return isinstance(state, Mapping) and any(
+        isinstance(k, str) and ".analog_module." in f".{k}" for k in state)
+
+
 def read_model_state(path: Path, expected: Mapping[str, torch.Tensor], model: str,
-                     source: str) -> dict[str, torch.Tensor]:
+                     source: str,
+                     from_analog: Callable[[Mapping[str, Any]], Mapping[str, torch.Tensor]]
+                     | None = None) -> dict[str, torch.Tensor]:
     """The state_dict in `path` (a run's checkpoint or any plain state_dict), checked
     against `expected` (the configured model's `state_dict()`, named `model` in messages).
-    Raises ConfigError, starting with `source` (e.g. "key 'model.init'", if any) and naming
-    the file and the first keys that differ, when the file is missing, not a state_dict of
-    tensors, or does not fit the model."""
+    The state_dict of an aihwkit analog model (`is_analog_state`) is first read back into
+    digital weights by `from_analog`, where given. Raises ConfigError, starting with
+    `source` (e.g. "key 'model.init'", if any) and naming the file and the first keys that
+    differ, when the file is missing, not a state_dict of tensors, or does not fit the
+    model."""
     source = f"{source}: " if source else ""
     if not path.is_file():
         raise ConfigError(f"{source}'{path}' does not exist (expected a checkpoint such as "
@@ -69,6 +81,8 @@ def read_model_state(path: Path, expected: Mapping[str, torch.Tensor], model: st
         raise ConfigError(f"{source}'{path}' is not a checkpoint (torch.load failed: "
                           f"{err.first_line}); expected a state_dict written by "
                           "RunFolder.save_checkpoint") from None
+    if from_analog is not None and is_analog_state(state):
+        state = from_analog(state)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
                                                  for v in state.values()):
         raise ConfigError(f"{source}'{path}' is not a checkpoint: expected a state_dict "
@@ -256,9 +270,24 @@ class _Unreadable(Exception):
 
 def _torch_load(path: Path) -> Any:
     """`torch.load` (weights only, on the CPU) of `path`; _Unreadable for any failure (torch
-    raises RuntimeError, EOFError, UnpicklingError, ... for a file that is no checkpoint)."""
+    raises RuntimeError, EOFError, UnpicklingError, ... for a file that is no checkpoint).
+    The state_dict of an aihwkit analog model holds aihwkit's RPU-config classes, which
+    weights-only loading refuses: a file whose only other globals are aihwkit's is loaded
+    with exactly those allowed (`torch.serialization.safe_globals`), never any other."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = err
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if not names or not all(n.startswith("aihwkit.") for n in names):
+            raise _Unreadable(first)
+        allowed = [getattr(importlib.import_module(n.rpartition(".")[0]), n.rpartition(".")[2])
+                   for n in names]
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except _Unreadable:
+        raise
     except Exception as err:
         raise _Unreadable(err) from None
 
