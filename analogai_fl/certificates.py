@@ -137,6 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    names = ([] if args.no_tls else ["ca.key", "ca.crt", "server.key", "server.crt"]) + [
+        f"supernode_{i}{ext}" for i in range(args.first, args.first + args.supernodes)
+        for ext in ("", ".pub")]
+    existing = [n for n in names if (out / n).exists()]
+    if existing:  # all checked before any is written: a key never without its certificate
+        parser.exit(2, f"{parser.prog}: error: {out} already holds {', '.join(existing)}; "
+                       "remove them or choose another --out\n")
     try:
         if not args.no_tls:
             make_tls(out, [h.strip() for h in args.hosts.split(",") if h.strip()])

@@ -72,9 +72,10 @@ def partition_indices(labels: np.ndarray, num_clients: int, scheme: str, alpha: 
                      for k in range(num_clients)]
     except ValueError as err:
         raise ConfigError(
-            f"data.partition='dirichlet' with data.alpha={alpha:g} left a client without "
-            f"examples in 10 draws ({num_clients} clients, {n} training examples; Flower "
-            f"Datasets: {err}); raise data.alpha, or use more data or fewer clients") from None
+            f"data.partition='dirichlet' with data.alpha={alpha:g} left a client with fewer "
+            f"than 2 examples in 10 draws ({num_clients} clients, {n} training examples; "
+            f"Flower Datasets: {err}); use more data (data.max_train_examples) or fewer "
+            "clients (training.client_num_in_total)") from None
     empty = [k for k, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise ConfigError(f"data.partition='{scheme}' left client(s) {empty} without examples "

@@ -317,6 +317,32 @@ def test_a_damaged_ablation_folder_file_is_named_and_a_row_cut_short_is_dropped(
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_ablation_folder_refused_for_its_settings_or_damage_continues_as_advised(tmp_path):
+    """A folder of other settings: the same settings continue it, and another --out starts
+    afresh. A damaged ablation.json: restoring it continues the folder with its rows, and
+    another --out starts afresh. (`finished_rows` is what `ablate` reads first.)"""
+    out = tmp_path / "out"
+    first = load({"training.rounds": 1})
+    ablation_folder.write_state(out, first)
+    ablation_folder.append_row(out, {"arm": "vanilla", "seed": 0, "protocols": {}})
+    other = load({"training.rounds": 2})
+    with pytest.raises(ConfigError, match="use the same conf and --run-config to continue "
+                                          "it, or another --out$"):
+        ablation_folder.finished_rows(other, out)
+    assert [r["arm"] for r in ablation_folder.finished_rows(load({"training.rounds": 1}),
+                                                            out)] == ["vanilla"]
+    assert ablation_folder.finished_rows(other, tmp_path / "another") == []
+    state = out / ablation_folder.STATE_FILE
+    saved = state.read_text()
+    state.write_text(saved[:20])  # cut short
+    with pytest.raises(ConfigError, match="ablation.json' is damaged .*restore it, or give "
+                                          "another --out$"):
+        ablation_folder.finished_rows(first, out)
+    state.write_text(saved)  # restored
+    assert [r["arm"] for r in ablation_folder.finished_rows(first, out)] == ["vanilla"]
+    assert ablation_folder.finished_rows(first, tmp_path / "another") == []
+
+
 @pytest.mark.e2e
 def test_a_rerun_with_nothing_left_renders_every_row_of_the_folder(tiny_ablation):
     out, _ = tiny_ablation

@@ -361,3 +361,17 @@ def test_the_torch_device_is_chosen_by_key_and_checked_before_any_work(monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="inference.torch_device 'cuda:1': torch sees no CUDA"):
         check_experiment(experiment(**{"inference.torch_device": "cuda:1"}))
+
+
+@pytest.mark.parametrize("advised", ["auto", "cpu"])
+def test_a_cuda_device_torch_does_not_see_passes_the_checks_as_auto_or_cpu(monkeypatch,
+                                                                          advised):
+    """Where torch sees no CUDA device, inference.torch_device='cuda' is refused; 'auto' or
+    'cpu', as the message says, pass the checks and evaluate on the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="torch sees no CUDA device here; use 'auto' or "
+                                          "'cpu'$"):
+        check_experiment(experiment(**{"inference.torch_device": "cuda"}))
+    exp = experiment(**{"inference.torch_device": advised})  # the advice, followed
+    check_experiment(exp)
+    assert evaluation_device(exp) == torch.device("cpu")

@@ -45,6 +45,29 @@ def test_a_model_without_batchnorm_trains_on_one_example_per_client():
         checks.check_client_shares(experiment(**tiny, **{"model.name": "vgg8"}), data)
 
 
+
+@pytest.mark.parametrize("key,value", [("data.max_train_examples", "10"),
+                                       ("training.client_num_in_total", "4"),
+                                       ("data.partition", "'full'")])
+def test_a_client_share_too_small_for_batchnorm_passes_after_the_advised_change(capsys, key,
+                                                                                value):
+    """ResNet-18 on nine examples over five iid clients leaves one client a single example;
+    each change the message names (more data, fewer clients, the full partition) passes
+    `check`."""
+    short = {"model.name": "'resnet18'", "data.image_size": "8", "data.partition": "'iid'",
+             "data.max_train_examples": "9"}
+
+    def check(keys):
+        return run_cli(capsys, "check", "--run-config",
+                       " ".join(f"{k}={v}" for k, v in keys.items()))
+
+    code, _, err = check(short)
+    assert code == 2 and err.strip().endswith("use more data, fewer clients or "
+                                              "data.partition='full'")
+    code, out, err = check(short | {key: value})  # the advice, followed
+    assert code == 0 and out.startswith("OK") and err == ""
+
+
 @pytest.mark.parametrize("run_config", [
     "inference.protocols.realistic.adc_bits=1",
     "inference.platform.aihwkit.device='ReRAM' training.rounds=1",

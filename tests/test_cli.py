@@ -210,3 +210,39 @@ def test_ablate_command_refuses_bad_input_before_training(args, message, tmp_pat
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()  # nothing trained
+
+
+def test_infer_of_a_checkpoint_outside_a_run_folder_works_with_conf_as_advised(tmp_path,
+                                                                               capsys):
+    """A checkpoint copied out of its run folder has no config.yaml two levels up; passing
+    --conf FILE, as the message says, evaluates it."""
+    lonely = tmp_path / "round_0001.pt"
+    torch.save(build_model("lenet", 1, 10, 32).state_dict(), lonely)
+    conf = tmp_path / "saved.yaml"
+    conf.write_text(config.dump_yaml(config.defaults()))
+    quick = ["--no-sweep", "--out", str(tmp_path / "out"), "--run-config",
+             "inference.repeats=1 inference.drift_times='1'"]
+    assert error_of(["infer", str(lonely), *quick], capsys).endswith("; pass --conf FILE")
+    assert cli.main(["infer", str(lonely), "--conf", str(conf), *quick]) == 0
+    assert [r["drift"] for r in read_csv(tmp_path / "out" / "drift.csv")] == ["1s"]
+
+
+def test_ablate_accepts_hwa_compute_once_msnat_is_added_as_advised(tmp_path, capsys,
+                                                                    monkeypatch):
+    """--arms hwa_compute alone is refused; with msnat added, as the message says, the
+    command plans both arms and passes their checks (`ablation.plan`, which trains nothing;
+    the training that would follow is replaced here by the plan alone)."""
+    from analogai_fl import ablation
+
+    planned = []
+
+    def plan_only(exp, overrides, out, seeds, names, progress=print):
+        planned.extend((r.name, r.seed) for r in ablation.plan(exp, overrides, out, seeds, names))
+        out.mkdir(parents=True)
+        (out / "results.md").write_text("planned\n")
+
+    monkeypatch.setattr(ablation, "run_ablation", plan_only)
+    argv = ["ablate", "--seeds", "0", "--out", str(tmp_path / "out")]
+    assert error_of([*argv, "--arms", "hwa_compute"], capsys).endswith("arm; add it")
+    assert cli.main([*argv, "--arms", "msnat,hwa_compute"]) == 0  # the advice, followed
+    assert planned == [("msnat", 0), ("hwa_compute", 0)]

@@ -214,3 +214,29 @@ def test_a_flag_that_flower_would_drop_silently_is_refused():
     assert parse_config_args(flags) == {"training.lr": 0.1}  # Flower: rounds gone, no word
     with pytest.raises(ConfigError, match=r"given 2 times.*training.rounds would be dropped"):
         config.parse_run_config(flags)
+
+
+def test_flags_flower_would_drop_are_kept_when_given_in_one_run_config_as_advised():
+    """The refusal says to give the keys in one --run-config; doing so keeps every key."""
+    flags = ["training.rounds=2", "training.lr=0.1"]
+    with pytest.raises(ConfigError, match="give them in one --run-config"):
+        config.parse_run_config(flags)
+    merged = config.parse_run_config([" ".join(flags)])  # the advice, followed
+    assert merged == {"training.rounds": 2, "training.lr": 0.1}
+    assert (exp(resolve(merged)).rounds, exp(resolve(merged)).training.lr) == (2, 0.1)
+
+
+def test_a_conf_file_not_found_is_found_by_the_path_the_message_asks_for(tmp_path, monkeypatch):
+    """A conf file named relative to neither the project nor the working folder is not found;
+    an absolute path, or one relative to the project, as the message says, finds it."""
+    import os
+
+    conf = tmp_path / "confs" / "exp.yaml"
+    conf.parent.mkdir()
+    conf.write_text("training:\n  rounds: 7\n")
+    monkeypatch.chdir(tmp_path)  # "exp.yaml" is in neither the project nor tmp_path
+    with pytest.raises(ConfigError, match="'exp.yaml' not found .*pass a path relative to "
+                                          "the project or an absolute one"):
+        resolve({"conf": "exp.yaml"})
+    for given in (str(conf), os.path.relpath(conf, config.PROJECT_DIR)):  # the advice
+        assert resolve({"conf": given})["training.rounds"] == 7, given

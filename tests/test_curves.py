@@ -85,3 +85,15 @@ def test_plot_refuses_bad_input_in_one_line_before_drawing(run, tmp_path, capsys
     assert main(["plot", str(run.path), "--out", str(tmp_path / "x.pdf")]) == 2
     assert "expected a .png file" in capsys.readouterr().err
     assert not (run.path / CURVES_FILE).exists()
+
+
+def test_plot_draws_once_given_one_label_per_folder_as_advised(run, tmp_path, capsys):
+    """Two labels for one run folder are refused; one label per folder, as the message
+    says, draws the picture."""
+    fill(run)
+    out = tmp_path / "labelled.png"
+    assert main(["plot", str(run.path), "--labels", "a,b", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().endswith("give one per folder, in the same order")
+    assert not out.exists()
+    assert main(["plot", str(run.path), "--labels", "a", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and str(out) in capsys.readouterr().out

@@ -9,6 +9,8 @@ in test_partitions.py, a folder of official IDX files in test_idx.py.
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 from urllib.error import URLError
 
@@ -28,6 +30,7 @@ from helpers import (
     pixels,
     tiny_cfg,
     write_data_set,
+    write_idx_folder,
 )
 
 from analogai_fl import data as D
@@ -255,6 +258,57 @@ def test_download_fetches_a_missing_set_once_then_loads_it(tmp_path, monkeypatch
     assert len(calls) == 1  # present now: not downloaded again
 
 
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_a_missing_data_set_loads_after_each_way_the_message_gives_to_get_it(
+        tmp_path, monkeypatch, name):
+    """The message names the files and the folder they go in: copying exactly those files
+    from where torchvision put them elsewhere into that folder makes the set load; so does
+    setting data.root to the folder that holds them, and (MNIST, Fashion-MNIST) to a folder
+    of the official IDX files."""
+    elsewhere = tmp_path / "elsewhere"  # torchvision.datasets.X(elsewhere, download=True)
+    accept_tiny_files(monkeypatch, name, write_data_set(name, elsewhere)["md5s"])
+    root = tmp_path / "data"
+    with pytest.raises(ConfigError) as missing:
+        load_data(tiny_cfg(name, root))
+    files, folder = re.search(r"copy the files (.+) into (\S+); or set data.root to the "
+                              r"folder that already holds them", str(missing.value)).groups()
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for file in files.split(", "):  # the advice, followed
+        (source,) = elsewhere.rglob(file)
+        shutil.copy(source, Path(folder) / file)
+    assert len(load_data(tiny_cfg(name, root)).test) == N_TEST
+    assert len(load_data(tiny_cfg(name, elsewhere)).test) == N_TEST  # data.root, the other way
+    if name in ("mnist", "fashionmnist"):
+        assert "data.root='/usr/share/datasets/fashion-mnist'" in str(missing.value)
+        write_idx_folder(tmp_path / "idx", gzipped=True)
+        assert len(load_data(tiny_cfg(name, tmp_path / "idx")).test) == N_TEST
+
+
+def test_a_missing_data_set_is_downloaded_by_the_server_when_data_download_is_on(
+        tmp_path, monkeypatch):
+    """With data.download off the server stops naming the missing set; run once with
+    data.download=true, as the message says, it downloads it before any work, and a client
+    (which never downloads) then reads it from data.root."""
+    from analogai_fl.checks import prepare
+
+    staged = write_data_set("cifar10", tmp_path / "server")
+    accept_tiny_files(monkeypatch, "cifar10", staged["md5s"])
+
+    def fake_download(url, download_root, **kwargs):  # stands in for the internet
+        shutil.copytree(tmp_path / "server" / "cifar-10-batches-py",
+                        Path(download_root) / "cifar-10-batches-py", dirs_exist_ok=True)
+
+    monkeypatch.setattr(tvd.cifar, "download_and_extract_archive", fake_download)
+    cfg = tiny_cfg("cifar10", tmp_path / "data", **{"data.download": False})
+    with pytest.raises(DataNotFoundError, match="run once with data.download=true"):
+        prepare(cfg)
+    server = prepare(cfg | {"data.download": True})  # the advice, followed
+    assert len(server.data.test) == N_TEST
+    D.torchvision_splits.cache_clear()
+    client = prepare(cfg, download=False)
+    assert len(client.data.test) == N_TEST
+
+
 @pytest.mark.parametrize("changes, key, least", [
     ({"data.val_fraction": 0.001}, "data.val_fraction", 0.0051),
     ({"data.test_fraction": 0.001}, "data.test_fraction", 0.0051),
@@ -315,3 +369,16 @@ def test_a_validation_split_that_leaves_no_training_image_is_refused(tmp_path, m
     with pytest.raises(ConfigError, match=rf"'data.val_fraction' = 0.9999 leaves 0 of svhn's "
                                           rf"{N_TRAIN} training images .* at most"):
         load_data(tiny_cfg("svhn", tmp_path / "data", **{"data.val_fraction": 0.9999}))
+
+
+@pytest.mark.parametrize("name", ["svhn", "mnist"])
+def test_a_validation_split_too_large_for_a_torchvision_set_loads_at_the_advised_value(
+        tmp_path, monkeypatch, name):
+    """The largest data.val_fraction the message names leaves a training image, and
+    the split loads with it."""
+    accept_tiny_files(monkeypatch, name, write_data_set(name, tmp_path / "data")["md5s"])
+    with pytest.raises(ConfigError, match=r"leaves 0 of .* use at most [0-9.]+$") as refused:
+        load_data(tiny_cfg(name, tmp_path / "data", **{"data.val_fraction": 0.999}))
+    most = float(str(refused.value).rsplit(" ", 1)[1])
+    splits = load_data(tiny_cfg(name, tmp_path / "data", **{"data.val_fraction": most}))
+    assert len(splits.train) >= 1 and len(splits.train) + len(splits.val) == N_TRAIN

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -333,3 +334,42 @@ def test_a_damaged_hwa_checkpoint_is_named(hwa_cfg, digits, tmp_path):
     with pytest.raises(ValueError, match=f"HWA checkpoint {checkpoint}: not readable"):
         hwa.train_analog(hwa_cfg["model.name"], H(hwa_cfg), digits, 1, seed=0,
                          checkpoint=checkpoint)
+
+
+def test_an_hwa_checkpoint_of_more_epochs_trains_again_from_the_start_once_deleted(
+        hwa_cfg, digits, tmp_path):
+    """A checkpoint of 2 epochs is refused by a 1-epoch run; deleting it, as the message
+    says, trains that run from its start: the model a run without a checkpoint trains."""
+    cfg = hwa_cfg | {"ablation.hwa.tile": "torch"}
+    small = dataclasses.replace(digits, train=torch.utils.data.TensorDataset(
+        *(t[:64] for t in digits.train.tensors)))
+    checkpoint = tmp_path / "hwa_epoch.pt"
+    hwa.train_analog(cfg["model.name"], H(cfg), small, 2, seed=1, checkpoint=checkpoint)
+    with pytest.raises(config.ConfigError, match=f"HWA checkpoint {checkpoint}: 2 epochs done, "
+                                                 "more than the 1 this arm trains; delete it"):
+        hwa.train_analog(cfg["model.name"], H(cfg), small, 1, seed=1, checkpoint=checkpoint)
+    checkpoint.unlink()  # the advice, followed
+    again, stats = hwa.train_hwa(cfg["model.name"], H(cfg), small, 1, seed=1,
+                                 checkpoint=checkpoint)
+    fresh, _ = hwa.train_hwa(cfg["model.name"], H(cfg), small, 1, seed=1)
+    assert stats["resumed_after_epoch"] == 0
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_a_diverging_hwa_run_trains_with_a_smaller_lr_as_advised(hwa_cfg, digits):
+    """aihwkit's recipe at ablation.hwa.lr 1e6 turns the loss nan; the default lr, smaller
+    as the message says, trains the same data to a finite loss."""
+    from analogai_fl.training import TrainingDiverged
+
+    small = dataclasses.replace(digits, train=torch.utils.data.TensorDataset(
+        *(t[:256] for t in digits.train.tensors)))
+
+    def train(lr):
+        cfg = hwa_cfg | {"ablation.hwa.lr": lr}
+        return hwa.train_analog(cfg["model.name"], H(cfg), small, 1, seed=0)
+
+    with pytest.raises(TrainingDiverged, match=r"try a smaller ablation.hwa.lr \(now 1e\+06\)"):
+        train(1e6)
+    _, stats = train(config.defaults()["ablation.hwa.lr"])  # the advice, followed
+    assert math.isfinite(stats["train_loss"]) and stats["epochs"] == 1

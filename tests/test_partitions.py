@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import load_data, settings
+from helpers import experiment, load_data, settings
 
+from analogai_fl import data as D
 from analogai_fl import partitions as P
 from analogai_fl.errors import ConfigError
 from analogai_fl.partitions import dataset_labels, partition_indices
@@ -100,3 +101,37 @@ def test_client_dataset_on_a_torchvision_set(tiny):
     assert sum(sizes) == len(splits.train) and min(sizes) >= 1
     with pytest.raises(ValueError):
         client_dataset(splits, cfg, 3)
+
+
+def shares_of(**keys) -> list[int]:
+    """The examples of each client's share under the default experiment with `keys`."""
+    exp = experiment(**keys)
+    return [d["examples"] for d in P.describe_partition(D.load_data(exp.data), exp.data)]
+
+
+def test_too_few_examples_for_the_clients_work_after_each_advised_change():
+    """Three training examples for five iid clients are refused; each change the message
+    names (the full partition, fewer clients, more data) gives every client examples."""
+    few = {"data.partition": "iid", "data.max_train_examples": 3}
+    with pytest.raises(ConfigError, match=r"the training split has only 3; use "
+                       r"data.partition='full', fewer clients or more data "
+                       r"\(data.max_train_examples\)"):
+        shares_of(**few)
+    assert shares_of(**few | {"data.partition": "full"}) == [3] * 5
+    assert shares_of(**few | {"training.client_num_in_total": 3}) == [1] * 3
+    assert shares_of(**few | {"data.max_train_examples": 5}) == [1] * 5
+
+
+def test_a_dirichlet_draw_that_fails_works_with_more_data_or_fewer_clients():
+    """Twenty examples over five Dirichlet(0.1) clients leave one short in every draw; more
+    data, or fewer clients, as the message says, partitions them."""
+    short = {"data.partition": "dirichlet", "data.alpha": 0.1, "data.max_train_examples": 20,
+             "seed": 1}
+    with pytest.raises(ConfigError, match=r"data.alpha=0.1 left a client with fewer than 2 "
+                       r"examples in 10 draws .*use more data \(data.max_train_examples\) or "
+                       r"fewer clients \(training.client_num_in_total\)$"):
+        shares_of(**short)
+    more_data = shares_of(**short | {"data.max_train_examples": 100})
+    fewer_clients = shares_of(**short | {"training.client_num_in_total": 2})
+    assert len(more_data) == 5 and sum(more_data) == 100 and min(more_data) >= 2
+    assert len(fewer_clients) == 2 and sum(fewer_clients) == 20 and min(fewer_clients) >= 2

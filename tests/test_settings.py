@@ -79,3 +79,51 @@ def test_model_init_is_a_path_with_the_home_folder_expanded(tmp_path, monkeypatc
     monkeypatch.setenv("HOME", str(tmp_path))
     assert load({}).model_init is None
     assert load({"model.init": "~/start.pt"}).model_init == tmp_path / "start.pt"
+
+
+def test_noise_level_sigmas_that_do_not_fit_the_clients_load_after_the_advised_change():
+    """Six clients without a sixth sigma: setting it, as the message says, loads. A fifth
+    sigma given for three clients: raising the clients to five, or removing the key, loads."""
+    with pytest.raises(ConfigError, match=r"set a sigma for each of noise_0 .. noise_5$"):
+        load({"training.client_num_in_total": 6})
+    assert load({"training.client_num_in_total": 6, sigma(5): 0.35}).noise_levels == (
+        0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
+    spare = {"training.client_num_in_total": 3, sigma(4): 0.4}
+    with pytest.raises(ConfigError, match="raise client_num_in_total or remove the key$"):
+        load(spare)
+    assert load(spare | {"training.client_num_in_total": 5}).noise_levels[4] == 0.4
+    del spare[sigma(4)]
+    assert load(spare).noise_levels == (0.1, 0.15, 0.2)
+
+
+@pytest.mark.parametrize("off", ["FGSM", "PGD"])
+def test_two_attacks_load_after_choosing_one(off):
+    both = {"recovery.adversarial.FGSM.use": True, "recovery.adversarial.PGD.use": True}
+    with pytest.raises(ConfigError, match="both true: choose one attack"):
+        load(both)
+    kept = "PGD" if off == "FGSM" else "FGSM"
+    exp = load(both | {f"recovery.adversarial.{off}.use": False})
+    assert exp.local_training(0, 0.0).attack.name == kept
+
+
+@pytest.mark.parametrize("run_config,protocol,it", [
+    ({"inference.tile": "torch", "inference.protocols.realistic.ir_drop": 0.5}, "realistic",
+     "inference.tile"),
+    ({"inference.tile": "torch", "inference.protocols.realistic.ir_drop": 0.5}, "realistic",
+     "inference.protocols.realistic.tile"),
+    ({"inference.protocols.seed.tile": "torch",
+      "inference.protocols.seed.w_noise_type": "pcm_read"}, "seed",
+     "inference.protocols.seed.tile"),
+])
+def test_a_protocol_that_needs_the_cpp_tile_passes_the_checks_with_it_set_to_cpp(
+        run_config, protocol, it):
+    """IR drop and PCM read noise need aihwkit's C++ tile; setting the key the message names
+    (or inference.tile, which it also names) to cpp, as it says, passes every check."""
+    from analogai_fl.checks import check_experiment
+
+    with pytest.raises(ConfigError, match=rf"key 'inference.protocols.{protocol}.tile' \(or "
+                                          r"inference.tile\) is torch, .* set it to cpp$"):
+        load(run_config)
+    exp = load(run_config | {it: "cpp"})  # the advice, followed
+    check_experiment(exp)
+    assert exp.evaluation.protocols[protocol].tile == "cpp"

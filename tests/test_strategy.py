@@ -11,6 +11,7 @@ from flwr.app import (
 )
 from helpers import experiment
 
+from analogai_fl.schema import SCHEMA
 from analogai_fl.wire import join_models, split_models
 from strategies import BUILT_INS, build_strategy
 from strategies.fusion import fuse
@@ -311,3 +312,27 @@ def test_a_diverging_server_update_is_refused():
     with pytest.raises(RoundFailed, match="aggregated model is not finite.*strategy.eta or "
                        "strategy.server_lr"):
         strategy.aggregate_train(1, out)
+
+
+@pytest.mark.parametrize("name,key", [("fedavgm", "strategy.server_lr"),
+                                      ("fedadam", "strategy.eta")])
+def test_a_diverging_server_update_is_finite_with_a_smaller_server_learning_rate(name, key):
+    """The same replies that make the server's update overflow at a huge server learning
+    rate aggregate to a finite model at the default one, as the message advises."""
+    from strategies import RoundFailed
+
+    def aggregate(rate):
+        strategy = two_levels(name, **{key: rate})
+        sent = list(strategy.configure_train(1, record(w=np.float32([0.0, 0.0])), ConfigRecord(),
+                                             FakeGrid([1])))
+        out = [Message(RecordDict({"arrays": record(w=np.float32([1e3, 2e3])),
+                                   "metrics": MetricRecord({"num-examples": 1, "noise-index": k,
+                                                            "sigma": 0.1})}), reply_to=msg)
+               for k, msg in enumerate(sent)]
+        return strategy.aggregate_train(1, out)
+
+    with pytest.raises(RoundFailed, match=r"try a smaller server learning rate "
+                                          r"\(strategy.eta or strategy.server_lr\)$"):
+        aggregate(1e39)
+    arrays, _ = aggregate(SCHEMA[key].default)  # the advice, followed: the default rate
+    assert np.isfinite(arrays["w"].numpy()).all()

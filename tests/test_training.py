@@ -140,6 +140,25 @@ def test_a_diverging_client_stops_at_the_first_non_finite_loss(digits):
         train_local(model, digits.train, setting(lr=1000.0, optimizer="sgd"), seed=0)
 
 
+def test_a_diverging_client_trains_with_a_smaller_lr_as_advised(digits):
+    """The run that stops at lr 1000 trains to a finite loss with a smaller training.lr
+    (the default), as the message says."""
+    from analogai_fl.models import build_model
+    from analogai_fl.schema import SCHEMA
+
+    data = TensorDataset(*(t[:256] for t in digits.train.tensors))
+
+    def train(lr):
+        torch.manual_seed(0)
+        model = build_model("lenet", 1, 10, 32)
+        return train_local(model, data, setting(lr=lr, optimizer="sgd"), seed=0)
+
+    with pytest.raises(TrainingDiverged, match=r"try a smaller training.lr \(now 1000\)$"):
+        train(1000.0)
+    metrics = train(SCHEMA["training.lr"].default)  # the advice, followed
+    assert math.isfinite(metrics["train_loss"]) and metrics["num-examples"] == 256
+
+
 def test_training_loader_is_seeded():
     data = bn_data(10)
     first = [y.tolist() for _, y in training_loader(data, 4, seed=1)]
