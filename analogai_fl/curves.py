@@ -25,7 +25,9 @@ from .outputs import RunFolder
 from .reporting import pyplot
 
 CURVES_FILE = "curves.png"
-LINE_STYLES = ("-", "--", "-.", ":")
+# distinct for up to 8 series of one run (K noise levels go up to 10: then they repeat)
+LINE_STYLES = ("-", "--", "-.", ":", (0, (6, 1.5)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)),
+               (0, (8, 2, 2, 2)))
 
 
 @dataclass(frozen=True)
