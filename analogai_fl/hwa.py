@@ -59,6 +59,7 @@ from .analog import convert_every_layer, converter_resolution, cuda_indices
 from .data import Splits
 from .errors import ConfigError
 from .models import merge_grouped_convs, model_for, split_grouped_convs
+from .outputs import in_analog_tile
 from .settings_ablation import HWASettings
 from .streams import seed_for
 from .training import accuracy, check_finite, training_loader
@@ -148,7 +149,7 @@ def logical_weights(analog: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         if bias is not None:
             yield f"{name}.bias" if name else "bias", bias
     for name, parameter in analog.named_parameters():
-        if not isinstance(parameter, AnalogContext) and ".analog_module." not in f".{name}":
+        if not isinstance(parameter, AnalogContext) and not in_analog_tile(name):
             yield name, parameter
 
 

@@ -53,11 +53,16 @@ def checkpoint_names(server_round: int, count: int, fused: bool) -> list[str]:
     return [f"round_{server_round:04d}_noise_{k}.pt" for k in range(count)]
 
 
+def in_analog_tile(name: str) -> bool:
+    """Whether a state_dict or parameter name belongs to an aihwkit analog layer's tile
+    (`<layer>.analog_module.<entry>`)."""
+    return ".analog_module." in f".{name}"
+
+
 def is_analog_state(state: Any) -> bool:
-    """Whether `state` is the state_dict of an aihwkit analog model (its analog layers'
-    entries: `<layer>.analog_module.analog_tile_state` and the like)."""
+    """Whether `state` is the state_dict of an aihwkit analog model (`in_analog_tile`)."""
     return isinstance(state, Mapping) and any(
-        isinstance(k, str) and ".analog_module." in f".{k}" for k in state)
+        isinstance(k, str) and in_analog_tile(k) for k in state)
 
 
 def read_model_state(path: Path, expected: Mapping[str, torch.Tensor], model: str,
