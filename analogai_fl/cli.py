@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .checks import evaluation_device, prepare
 from .cli_checkpoints import add_export, add_infer
-from .config import parse_run_config
+from .config import add_run_config_argument, parse_run_config
 from .errors import ArmFailed, CliError, ConfigError
 from .schema import CONF_KEY
 from .schema_ablation import ARM_NAMES
@@ -85,9 +85,7 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
         "seed protocol. Writes results.csv, results.md and two PNG plots.",
         epilog="example: analogai-fl ablate --seeds 1,2,3 --run-config 'training.rounds=20'")
     parser.add_argument("--conf", help="conf YAML file (default: conf/default.yaml)")
-    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
-                        help="overrides, same keys and TOML syntax as flwr run --run-config "
-                        "(repeatable, merged as flwr run merges)")
+    add_run_config_argument(parser)
     parser.add_argument("--seeds", type=_int_list, metavar="S1,S2,...",
                         help="seeds to repeat the whole ablation with (default: the config's)")
     parser.add_argument("--arms", metavar="A,B,...", help="subset of arms (default: all): "
@@ -160,9 +158,7 @@ def add_check(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: analogai-fl check --run-config \"training.rounds=3 "
         "strategy.name='fedadam'\"")
     parser.add_argument("--conf", help="conf YAML file (default: conf/default.yaml)")
-    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
-                        help="overrides, exactly as given to flwr run --run-config "
-                        "(repeatable, merged as flwr run merges)")
+    add_run_config_argument(parser)
     parser.set_defaults(handler=run_check)
 
 

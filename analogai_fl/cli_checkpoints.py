@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import evaluation_device, prepare
-from .config import parse_run_config
+from .config import add_run_config_argument, parse_run_config
 from .errors import CliError
 from .outputs import CHECKPOINT
 from .schema import CONF_KEY
@@ -147,10 +147,8 @@ def add_infer(subparsers: argparse._SubParsersAction) -> None:
                         "stands for all of the round's round_NNNN_noise_K.pt files")
     parser.add_argument("--conf", help="conf YAML file (default: the run folder's config.yaml, "
                         "two levels above the checkpoint)")
-    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
-                        help="overrides, same keys and TOML syntax as flwr run --run-config, "
-                        "e.g. \"inference.repeats=5 inference.protocols.realistic."
-                        "drift_compensation=false\"; repeatable, merged as flwr run merges")
+    add_run_config_argument(parser, "the conf file", example="\"inference.repeats=5 "
+                            "inference.protocols.realistic.drift_compensation=false\"")
     parser.add_argument("--model-index", type=int, metavar="K", help="fusion off: evaluate "
                         "only noise level K's model of the round")
     parser.add_argument("--out", help="output folder (default: <run>/infer/<checkpoint "
@@ -195,7 +193,5 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", help="a checkpoint file")
     parser.add_argument("--out", required=True, help="the analog model's file (.pt)")
     parser.add_argument("--conf", help="conf YAML file (default: the run folder's config.yaml)")
-    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
-                        help="overrides, same keys and TOML syntax as flwr run --run-config "
-                        "(repeatable, merged as flwr run merges them)")
+    add_run_config_argument(parser)
     parser.set_defaults(handler=run_export)

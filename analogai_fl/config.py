@@ -15,6 +15,7 @@ cross-key rules run where the typed settings are built, `settings.load`.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 from collections.abc import Mapping, Sequence
@@ -167,6 +168,18 @@ def resolve(run_config: Mapping[str, Any]) -> dict[str, Any]:
     cfg = defaults() | from_file | overrides
     cfg[CONF_KEY] = str(conf_path)
     return cfg
+
+
+def add_run_config_argument(parser: argparse.ArgumentParser, overrides_of: str = "the conf file",
+                            example: str = "") -> None:
+    """Add `--run-config "KEY=VALUE ..."` to a command line (repeatable; read what it
+    collects, a list of strings, with `parse_run_config`): the same flag, syntax and merge
+    as `flwr run --run-config` for every command and benchmark. `overrides_of` names what
+    the values override in the help text; `example` (optional) is shown there."""
+    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
+                        help=f"overrides of {overrides_of}, same keys and TOML syntax as flwr "
+                        f"run --run-config{', e.g. ' + example if example else ''}; "
+                        "repeatable, merged as flwr run merges")
 
 
 def parse_run_config(texts: str | Sequence[str]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 
 from analogai_fl import ablation, hwa
 from analogai_fl.checks import prepare
-from analogai_fl.config import parse_run_config
+from analogai_fl.config import add_run_config_argument, parse_run_config
 from analogai_fl.data import load_data
 from analogai_fl.flwr_cli import completed_run, run_config_string
 from analogai_fl.outputs import RunFolder
@@ -72,9 +72,7 @@ def main() -> None:
     parser.add_argument("--arms", default="vanilla,msnat,hwa", metavar="ARM,...",
                         help="comma-separated arms, of " + ", ".join(CURVE_ARMS)
                         + " (default: %(default)s)")
-    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
-                        help="overrides of the conf file, as for flwr run --run-config, "
-                        "e.g. \"seed=1 training.rounds=60\"")
+    add_run_config_argument(parser, example='"seed=1 training.rounds=60"')
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder for the runs, convergence.csv and convergence.png "
                         "(default: a new temporary folder)")

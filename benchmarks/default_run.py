@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from analogai_fl.config import parse_run_config
+from analogai_fl.config import add_run_config_argument, parse_run_config
 from analogai_fl.flwr_cli import flwr_env, run_config_string
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,9 +45,7 @@ def pss_of_run_kib() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
-                        help="overrides of conf/default.yaml, passed to flwr run --run-config "
-                        "(default: none, the default experiment)")
+    add_run_config_argument(parser, "conf/default.yaml (default: none, the default experiment)")
     args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
     env = flwr_env()

@@ -145,14 +145,16 @@ def summary(times: dict[int, float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from analogai_fl.config import add_run_config_argument, parse_run_config
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=6, metavar="N",
                         help="rounds of each run, at least 3: steady rounds are 2..N "
                         "(default: %(default)s)")
-    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
-                        help="overrides of conf/default.yaml for both runs, as for flwr run "
-                        "--run-config (the plain loop needs strategy msnat with FI on)")
+    add_run_config_argument(parser, "conf/default.yaml for both runs (the plain loop needs "
+                            "strategy msnat with FI on)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder for both runs' folders and the private FLWR_HOME "
                         "(default: a new temporary folder)")
@@ -162,8 +164,6 @@ def main() -> None:
     args = parser.parse_args()
     if not args.plain and args.rounds < 3:
         parser.error("--rounds must be at least 3 (steady rounds are 2..N)")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from analogai_fl.config import parse_run_config
     from analogai_fl.flwr_cli import (
         BIN,
         PROJECT_DIR,

@@ -46,14 +46,13 @@ def _worker(args: tuple) -> float:
 
 
 def main() -> None:
-    from analogai_fl.config import parse_run_config
+    from analogai_fl.config import add_run_config_argument, parse_run_config
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", metavar="DEVICE",
                         help="torch device the five clients share (default: %(default)s)")
-    parser.add_argument("--run-config", action="append", default=[], metavar='"KEY=VALUE ..."',
-                        help="overrides of the default experiment, as for flwr run")
+    add_run_config_argument(parser, "the default experiment")
     args = parser.parse_args()
     run_config = parse_run_config(args.run_config)
     jobs = [(args.device, run_config, k) for k in range(CLIENTS)]

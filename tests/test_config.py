@@ -207,6 +207,22 @@ def test_repeated_run_config_flags_merge_as_flowers_own_merge(flags):
     assert config.parse_run_config(flags) == parse_config_args(flags)
 
 
+def test_every_commands_run_config_flag_collects_repeats_for_the_same_merge():
+    """The flag that every command and benchmark adds (`add_run_config_argument`) keeps each
+    repeat, so `parse_run_config` sees all of them: the merge tested above, not argparse's
+    last-one-wins."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    config.add_run_config_argument(parser)
+    given = ["seed=3 training.rounds=2", "data.name='mnist'"]
+    args = parser.parse_args([a for flag in given for a in ("--run-config", flag)])
+    assert args.run_config == given
+    assert config.parse_run_config(args.run_config) == {
+        "seed": 3, "training.rounds": 2, "data.name": "mnist"}
+    assert parser.parse_args([]).run_config == []  # no overrides
+
+
 def test_a_flag_that_flower_would_drop_silently_is_refused():
     from flwr.common.config import parse_config_args
 
