@@ -116,12 +116,15 @@ def arm_run_config(name: str, arm: Arm, exp: Experiment, overrides: Mapping[str,
     """The `--run-config` overrides of one arm's `flwr run`. An arm with fewer noise levels
     than the experiment (vanilla, noise injection: K = 1) drops the command line's settings
     of the levels it does not have (`recovery.noise_k.*` for k >= its K), so that one
-    `--run-config` serves every arm."""
+    `--run-config` serves every arm. With `ablation.pretrained` and `ablation.finetune_lr`
+    set, every arm but vanilla trains at that lr (it fine-tunes vanilla's model)."""
     k_arm = arm.overrides.get("training.client_num_in_total")
     if k_arm is not None:
         overrides = {key: value for key, value in overrides.items()
                      if not _noise_level_key_beyond(key, k_arm)}
-    return {CONF_KEY: exp.conf} | dict(overrides) | dict(arm.overrides) | {
+    finetune = exp.ablation.finetune_lr
+    lr = {"training.lr": finetune} if finetune is not None and name != "vanilla" else {}
+    return {CONF_KEY: exp.conf} | dict(overrides) | dict(arm.overrides) | lr | {
         "seed": seed, "inference.platform.aihwkit.use": False,  # evaluated below, once
         "output.dir": str(out / "runs"), "output.name": f"{name}-seed{seed}",
         "output.keep_checkpoints": 1}

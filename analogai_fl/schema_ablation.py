@@ -23,6 +23,11 @@ def ablation_keys() -> dict[str, Key]:
         "ablation.pretrained": Key(False, "every arm but vanilla fine-tunes the vanilla arm's "
                                    "final model of its seed (pre-training counted in its "
                                    "sample passes)"),
+        "ablation.finetune_lr": Key(None, "with ablation.pretrained: training.lr of every "
+                                    "arm that fine-tunes the vanilla model through flwr run "
+                                    "(all but vanilla and HWA, whose lr is ablation.hwa.lr); "
+                                    "null = training.lr, the from-scratch rate",
+                                    minimum=0.0, above_minimum=True, nullable=True, kind=float),
         "ablation.n_w_columns": Key([0.1, 0.2], "n_w values shown as columns of the ablation "
                                     "table (each must be in inference.n_w_sweep)", minimum=0.0),
         "ablation.reference": Key("hwa", "the arm every other arm is compared with in the "

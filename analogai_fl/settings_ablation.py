@@ -40,6 +40,7 @@ class AblationSettings:
 
     single_sigma: float  # the noise-injection arm's sigma
     pretrained: bool  # the training arms fine-tune the vanilla arm's model of their seed
+    finetune_lr: float | None  # their flwr arms' training.lr (None: training.lr)
     validation: bool  # also measure the validation split
     n_w_columns: tuple[float, ...]  # n_w values shown as table columns
     reference: str  # the arm every other is compared with, paired by seed
@@ -54,10 +55,14 @@ def ablation_settings(cfg: Mapping[str, Any], n_w_sweep: Sequence[float],
     if missing:
         raise ConfigError(f"key 'ablation.n_w_columns' lists n_w {missing} that "
                           f"inference.n_w_sweep {list(n_w_sweep)} does not measure")
+    if cfg["ablation.finetune_lr"] is not None and not cfg["ablation.pretrained"]:
+        raise ConfigError("key 'ablation.finetune_lr' is the learning rate of fine-tuning: "
+                          "it needs ablation.pretrained=true (or leave it null)")
     single = cfg["ablation.single_sigma"]
     return AblationSettings(
         single_sigma=single if single is not None else statistics.median(sigmas),
-        pretrained=cfg["ablation.pretrained"], validation=cfg["ablation.validation"],
+        pretrained=cfg["ablation.pretrained"], finetune_lr=cfg["ablation.finetune_lr"],
+        validation=cfg["ablation.validation"],
         n_w_columns=n_w_columns, reference=cfg["ablation.reference"])
 
 

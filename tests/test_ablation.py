@@ -65,6 +65,23 @@ def test_one_run_config_of_the_k_sigmas_serves_every_arm(tmp_path):
         assert drawn == (pytest.approx(all_levels) if name == "multiscale" else []), name
 
 
+def test_finetune_lr_is_the_lr_of_every_arm_that_fine_tunes_the_vanilla_model(tmp_path):
+    """ablation.finetune_lr: every flwr arm but vanilla trains at it (vanilla, the
+    pre-training, keeps training.lr); null keeps training.lr everywhere; without
+    ablation.pretrained it is refused, naming the key."""
+    given = {"ablation.pretrained": True, "ablation.finetune_lr": 1e-4, "training.lr": 2e-3}
+    for finetune, expected in ((1e-4, 1e-4), (None, 2e-3)):
+        overrides = given | {"ablation.finetune_lr": finetune}
+        exp = load(overrides)
+        for name, arm in ablation.arms(exp).items():
+            if arm.kind != "flwr":
+                continue
+            run = load(ablation.arm_run_config(name, arm, exp, overrides, 1, tmp_path))
+            assert run.training.lr == (2e-3 if name == "vanilla" else expected), name
+    with pytest.raises(ConfigError, match="ablation.finetune_lr.*ablation.pretrained=true"):
+        load({"ablation.finetune_lr": 1e-4})
+
+
 @pytest.mark.parametrize("partition", ["full", "iid"])
 def test_the_compute_controls_spend_msnats_sample_passes_on_one_model(digits, partition):
     """Sample passes of one round (examples of every client's share x epochs x passes per
