@@ -385,7 +385,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
         why = collapse_reason(row)
         if why:
             progress(f"[seed {run.seed}] {label} COLLAPSED: {why}; flagged in the tables, "
-                     "not compared")
+                     "its seed left out of the paired differences")
         rows.append(row)
         append_row(out, row)
         hwa_checkpoint(out, run.name, run.seed).unlink(missing_ok=True)  # the row has it

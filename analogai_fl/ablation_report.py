@@ -148,12 +148,25 @@ def _value(row: Mapping[str, Any], protocol: str, column: Any) -> float:
 
 
 def _paired(rows: Sequence[Mapping[str, Any]], arm: str, reference: str, protocol: str,
-            column: Any) -> Paired:
-    """`arm` - `reference` in one column under `protocol`, paired by seed."""
-    def by_seed(name: str) -> dict[int, float]:
-        return {r["seed"]: _value(r, protocol, column) for r in rows if r["arm"] == name}
+            column: Any) -> Paired | None:
+    """`arm` - `reference` in one column under `protocol`, paired by seed over the seeds
+    where neither collapsed (`left_out` names the others); None when no seed is left."""
+    gone = left_out(rows, arm, reference)
 
-    return paired_difference(by_seed(arm), by_seed(reference))
+    def by_seed(name: str) -> dict[int, float]:
+        return {r["seed"]: _value(r, protocol, column) for r in rows
+                if r["arm"] == name and r["seed"] not in gone}
+
+    mine, theirs = by_seed(arm), by_seed(reference)
+    return paired_difference(mine, theirs) if set(mine) & set(theirs) else None
+
+
+def left_out(rows: Sequence[Mapping[str, Any]], arm: str, reference: str) -> list[int]:
+    """The seeds at which `arm` or `reference` collapsed (`comparison.collapse_reason`): a
+    pair with a collapsed model compares a failure, so it is left out of the paired
+    difference, and the tables say so (the collapse itself is flagged in every table)."""
+    return sorted({r["seed"] for r in rows if r["arm"] in (arm, reference)
+                   and collapse_reason(r)})
 
 
 def paired_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
@@ -171,24 +184,21 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
     count = comparison_count(len(arms), len(columns), len(PROTOCOLS))
     head = ["arm - " + method[reference], *[title for title, _ in columns]]
     parts = [f"**Paired differences against {method[reference]}** (test, points: the arm "
-             "minus the reference per seed, mean [95% t-interval] over the seeds both have; "
-             "a win only when the interval is above zero, a loss when below). These tables "
-             f"make {count} comparisons: at 95% each, about {0.05 * count:.1f} false wins or "
-             "losses are expected between equal arms."]
+             "minus the reference per seed, mean [95% t-interval] over the seeds both have "
+             "where neither collapsed; a win only when the interval is above zero, a loss "
+             f"when below). These tables make {count} comparisons: at 95% each, about "
+             f"{0.05 * count:.1f} false wins or losses are expected between equal arms."]
     for name in PROTOCOLS:
         lines = [f"`{name}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for arm in arms:
             if arm == reference:
                 continue
-            collapsed = sorted({r["seed"] for r in rows if r["arm"] in (arm, reference)
-                               and collapse_reason(r)})
-            if collapsed:
-                cells = [f"collapsed (seed {', '.join(map(str, collapsed))}): not compared"] * \
-                    len(columns)
-            else:
-                cells = [_paired(rows, arm, reference, name, column).text()
-                         for _, column in columns]
-            lines.append("| " + " | ".join([method[arm], *cells]) + " |")
+            gone = left_out(rows, arm, reference)
+            title = method[arm] + (f" (seed {', '.join(map(str, gone))} left out: collapsed)"
+                                   if gone else "")
+            pairs = [_paired(rows, arm, reference, name, column) for _, column in columns]
+            cells = ["no seed left: not compared" if p is None else p.text() for p in pairs]
+            lines.append("| " + " | ".join([title, *cells]) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
@@ -242,22 +252,20 @@ def write_paired_csv(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["protocol", "column", "arm", "reference", "seeds", "mean_difference",
-                         "ci95_low", "ci95_high", "verdict"])
+                         "ci95_low", "ci95_high", "verdict", "left_out_collapsed"])
         if reference not in {r["arm"] for r in rows}:
             return
         for name in PROTOCOLS:
             for title, column in _columns(rows, labels, n_w_columns):
-                for arm in arms:
-                    collapsed = sorted({r["seed"] for r in rows
-                                        if r["arm"] in (arm, reference) and collapse_reason(r)})
-                    if collapsed:  # as in the markdown table: flagged, not compared
-                        writer.writerow([name, title, arm, reference, "", "", "", "",
-                                         f"collapsed (seed {' '.join(map(str, collapsed))})"
-                                         ": not compared"])
-                        continue
+                for arm in arms:  # as in the markdown table: collapsed seeds left out
+                    gone = " ".join(map(str, left_out(rows, arm, reference)))
                     p = _paired(rows, arm, reference, name, column)
+                    if p is None:
+                        writer.writerow([name, title, arm, reference, "", "", "", "",
+                                         "no seed left: not compared", gone])
+                        continue
                     writer.writerow([name, title, arm, reference, " ".join(map(str, p.seeds)),
-                                     p.mean, p.low, p.high, p.verdict])
+                                     p.mean, p.low, p.high, p.verdict, gone])
 
 
 def write_ablation(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[float],

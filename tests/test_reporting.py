@@ -124,21 +124,27 @@ def test_normalised_accuracy_is_relative_to_the_vanilla_arm_of_the_same_seed():
     assert table[0]["seed n_w 0.1"] == pytest.approx(1.0)
 
 
-def test_a_collapsed_arm_is_flagged_and_not_compared():
+def test_a_collapsed_seed_is_flagged_and_left_out_of_the_pairs():
+    """A collapsed model is flagged in every table, and its seed is left out of that arm's
+    paired differences (said in the row's title): the other seeds are still compared."""
     from analogai_fl.ablation_report import ablation_markdown, paired_markdown
-    rows = [_row("hwa", s, 0.8) for s in (1, 2)] + [_row("b", 1, 0.11), _row("b", 2, 0.8)]
+    rows = [_row("hwa", s, 0.8) for s in (1, 2, 3)] + \
+        [_row("b", 1, 0.11), _row("b", 2, 0.85), _row("b", 3, 0.86)]
     md = ablation_markdown(rows, [0.1], "hwa")
-    assert "| B COLLAPSED (seed 1) | 2 |" in md
+    assert "| B COLLAPSED (seed 1) | 3 |" in md
     assert "- COLLAPSED: B, seed 1: clean test accuracy 11.0% is at chance (10%)" in md
-    paired = paired_markdown(rows, ["1s"], [0.1], "hwa")
-    assert "collapsed (seed 1): not compared" in paired
+    realistic = paired_markdown(rows, ["1s"], [0.1], "hwa").split("`realistic`")[1]
+    line = next(x for x in realistic.splitlines() if x.startswith("| B (seed 1 left out"))
+    assert "| +5.5 [" in line  # clean: seeds 2 and 3 only (+5, +6), not the collapse's -69
+    only_collapsed = [_row("hwa", 1, 0.8), _row("b", 1, 0.11)]
+    assert "no seed left: not compared" in paired_markdown(only_collapsed, ["1s"], [0.1], "hwa")
 
 
 def test_a_collapsed_arm_is_not_compared_in_the_csv_nor_normalised_and_plots_say_so(
         tmp_path):
-    """The collapsed reference of the issue (HWA at chance): paired.csv gives no verdict for
-    or against it, and a collapsed vanilla row neither crashes the normalised table (A is
-    undefined against a chance-level digital model) nor enters it."""
+    """The collapsed reference of the issue (HWA at chance): paired.csv leaves its seed out
+    of every pair and says so, and a collapsed vanilla row neither crashes the normalised
+    table (A is undefined against a chance-level digital model) nor enters it."""
     import csv
 
     from analogai_fl.ablation_report import normalised_markdown, write_ablation
@@ -146,8 +152,10 @@ def test_a_collapsed_arm_is_not_compared_in_the_csv_nor_normalised_and_plots_say
         [_row("b", s, 0.9) for s in (1, 2)] + [_row("vanilla", 1, 0.10), _row("vanilla", 2, 0.9)]
     write_ablation(rows, [0.1], tmp_path, "hwa")
     lines = list(csv.DictReader((tmp_path / "paired.csv").read_text().splitlines()))
-    assert lines and all(x["verdict"] == "collapsed (seed 1): not compared"
-                         and x["mean_difference"] == "" for x in lines)
+    assert lines and all(x["left_out_collapsed"] == "1" and x["seeds"] == "2"
+                         and x["verdict"] == "one seed" for x in lines)
+    clean_b = next(x for x in lines if x["arm"] == "b" and x["column"] == "clean")
+    assert float(clean_b["mean_difference"]) == pytest.approx(0.1)  # seed 2: 0.9 - 0.8
     md = normalised_markdown(rows, ["1s"], [0.1])
     assert "Left out, collapsed: hwa seed 1, vanilla seed 1" in md
     assert "| B | 1 |" in md and "| HWA | 1 |" in md  # seed 2 only
