@@ -194,8 +194,10 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
             if arm == reference:
                 continue
             gone = left_out(rows, arm, reference)
-            title = method[arm] + (f" (seed {', '.join(map(str, gone))} left out: collapsed)"
-                                   if gone else "")
+            who = " and ".join(method[a] for a in (arm, reference) if any(
+                r["arm"] == a and r["seed"] in gone and collapse_reason(r) for r in rows))
+            title = method[arm] + (f" (seed {', '.join(map(str, gone))} left out: {who} "
+                                   "collapsed)" if gone else "")
             pairs = [_paired(rows, arm, reference, name, column) for _, column in columns]
             cells = ["no seed left: not compared" if p is None else p.text() for p in pairs]
             lines.append("| " + " | ".join([title, *cells]) + " |")

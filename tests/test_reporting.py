@@ -134,7 +134,8 @@ def test_a_collapsed_seed_is_flagged_and_left_out_of_the_pairs():
     assert "| B COLLAPSED (seed 1) | 3 |" in md
     assert "- COLLAPSED: B, seed 1: clean test accuracy 11.0% is at chance (10%)" in md
     realistic = paired_markdown(rows, ["1s"], [0.1], "hwa").split("`realistic`")[1]
-    line = next(x for x in realistic.splitlines() if x.startswith("| B (seed 1 left out"))
+    line = next(x for x in realistic.splitlines()
+                if x.startswith("| B (seed 1 left out: B collapsed) |"))
     assert "| +5.5 [" in line  # clean: seeds 2 and 3 only (+5, +6), not the collapse's -69
     only_collapsed = [_row("hwa", 1, 0.8), _row("b", 1, 0.11)]
     assert "no seed left: not compared" in paired_markdown(only_collapsed, ["1s"], [0.1], "hwa")
