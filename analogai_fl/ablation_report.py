@@ -148,11 +148,9 @@ def _value(row: Mapping[str, Any], protocol: str, column: Any) -> float:
 
 
 def _paired(rows: Sequence[Mapping[str, Any]], arm: str, reference: str, protocol: str,
-            column: Any) -> Paired | None:
+            column: Any, gone: Sequence[int]) -> Paired | None:
     """`arm` - `reference` in one column under `protocol`, paired by seed over the seeds
-    where neither collapsed (`left_out` names the others); None when no seed is left."""
-    gone = left_out(rows, arm, reference)
-
+    not in `gone` (theirs: `left_out`); None when no seed is left."""
     def by_seed(name: str) -> dict[int, float]:
         return {r["seed"]: _value(r, protocol, column) for r in rows
                 if r["arm"] == name and r["seed"] not in gone}
@@ -198,7 +196,7 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
                 r["arm"] == a and r["seed"] in gone and collapse_reason(r) for r in rows))
             title = method[arm] + (f" (seed {', '.join(map(str, gone))} left out: {who} "
                                    "collapsed)" if gone else "")
-            pairs = [_paired(rows, arm, reference, name, column) for _, column in columns]
+            pairs = [_paired(rows, arm, reference, name, column, gone) for _, column in columns]
             cells = ["no seed left: not compared" if p is None else p.text() for p in pairs]
             lines.append("| " + " | ".join([title, *cells]) + " |")
         parts.append("\n".join(lines))
@@ -260,8 +258,9 @@ def write_paired_csv(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
         for name in PROTOCOLS:
             for title, column in _columns(rows, labels, n_w_columns):
                 for arm in arms:  # as in the markdown table: collapsed seeds left out
-                    gone = " ".join(map(str, left_out(rows, arm, reference)))
-                    p = _paired(rows, arm, reference, name, column)
+                    seeds = left_out(rows, arm, reference)
+                    gone = " ".join(map(str, seeds))
+                    p = _paired(rows, arm, reference, name, column, seeds)
                     if p is None:
                         writer.writerow([name, title, arm, reference, "", "", "", "",
                                          "no seed left: not compared", gone])
