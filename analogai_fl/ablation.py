@@ -11,6 +11,7 @@ protocols.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from . import hwa
 from .ablation_folder import (
     append_row,
     finished_rows,
+    finished_run,
     hwa_checkpoint,
     model_path,
     save_model,
@@ -198,18 +200,25 @@ def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None,
     given (`model.init`); returns its final model (with FI off, the one of the K with the
     best validation accuracy, as the server's evaluator selects). An interrupted run of this
     arm and seed in `out` is continued from its last checkpoint (`output.resume`), which
-    gives the same model as an uninterrupted run."""
-    run_config = dict(run.run_config or {})
-    if init is not None:
-        run_config["model.init"] = str(init)
-    unfinished = unfinished_run(run.name, run.seed, out)
-    if unfinished is not None:
-        run_config["output.resume"] = str(unfinished)
-    started = time.time()
-    completed_run(run_config_string(run_config), env)
-    wall = time.time() - started
-    (folder,) = [unfinished] if unfinished else sorted(
-        (out / "runs").glob(f"{run.name}-seed{run.seed}-*"))[-1:]
+    gives the same model as an uninterrupted run. A run that finished before the ablation
+    was stopped (`finished_run`) is read back, not run again; its wall time is then the one
+    its summary.json records."""
+    folder = finished_run(run.name, run.seed, out)
+    if folder is not None:
+        wall = float(json.loads((folder / "summary.json").read_text())
+                     ["wall_seconds_this_invocation"])
+    else:
+        run_config = dict(run.run_config or {})
+        if init is not None:
+            run_config["model.init"] = str(init)
+        unfinished = unfinished_run(run.name, run.seed, out)
+        if unfinished is not None:
+            run_config["output.resume"] = str(unfinished)
+        started = time.time()
+        completed_run(run_config_string(run_config), env)
+        wall = time.time() - started
+        (folder,) = [unfinished] if unfinished else sorted(
+            (out / "runs").glob(f"{run.name}-seed{run.seed}-*"))[-1:]
     run_folder, exp, data = RunFolder.open(folder), run.exp, run.data
     found = run_folder.last_checkpoint(exp.clients, exp.fused)
     if found is None:

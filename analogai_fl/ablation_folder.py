@@ -37,6 +37,17 @@ def unfinished_run(name: str, seed: int, out: Path) -> Path | None:
     return None
 
 
+def finished_run(name: str, seed: int, out: Path) -> Path | None:
+    """The newest run folder of this arm and seed whose `flwr run` finished (summary.json is
+    written last, after its final round), if any. Its arm has no row when the ablation was
+    stopped after the run and before the row (during its evaluation): the run is read back,
+    not trained again."""
+    for folder in sorted((out / "runs").glob(f"{name}-seed{seed}-*"), reverse=True):
+        if (folder / "summary.json").exists():
+            return folder
+    return None
+
+
 def hwa_checkpoint(out: Path, name: str, seed: int) -> Path:
     """Where HWA arm `name` of `seed` keeps its state after every epoch until its row is
     written (`hwa.train_analog`: an interrupted arm continues after its last epoch)."""

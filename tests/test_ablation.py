@@ -220,11 +220,15 @@ def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_p
                  "inference.repeats": 1, "inference.drift_times": [1.0, 86400.0],
                  "inference.n_w_sweep": [0.0, 0.2], "ablation.n_w_columns": [0.2]}
     cfg = load(overrides)
-    # interrupted after msnat's last checkpoint, before its summary and its row were written
+    # interrupted after msnat's last checkpoint, before its summary and its row were written;
+    # msnat_no_fi's run had finished, its row (written after its evaluation) had not
     (msnat_run,) = (out / "runs").glob("msnat-seed3-*")
     (msnat_run / "summary.json").unlink()
+    (no_fi_run,) = (out / "runs").glob("msnat_no_fi-seed3-*")
+    no_fi_wall = json.loads((no_fi_run / "summary.json").read_text())[
+        "wall_seconds_this_invocation"]
     kept = (out / ablation_folder.ROWS_FILE).read_text().splitlines()
-    (out / ablation_folder.ROWS_FILE).write_text("\n".join(kept[:2]) + "\n")  # vanilla, msnat_no_fi
+    (out / ablation_folder.ROWS_FILE).write_text(kept[0] + "\n")  # vanilla
     folders = sorted(p.name for p in (out / "runs").iterdir())
     said = []
     try:
@@ -233,11 +237,13 @@ def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_p
                                       progress=said.append)
     finally:
         stop_local_superlink(home)
-    assert "2 (arm, seed) result(s) kept" in said[0]
-    assert not any("training MSNAT w/o FI" in s or "vanilla" in s for s in said)
-    assert sorted(p.name for p in (out / "runs").iterdir()) == folders  # msnat's was resumed
+    assert "1 (arm, seed) result(s) kept" in said[0]
+    assert not any("training vanilla" in s for s in said)
+    # msnat's run was resumed in its folder, msnat_no_fi's finished one read back: no new run
+    assert sorted(p.name for p in (out / "runs").iterdir()) == folders
     assert len(list((out / "runs").glob("msnat-seed3-*"))) == 1
     assert (msnat_run / "summary.json").exists()
+    assert {r["arm"]: r for r in again}["msnat_no_fi"]["wall_seconds"] == round(no_fi_wall, 1)
     before = {r["arm"]: r for r in rows}
     for row in again:  # the same models and evaluation: the same figures
         assert row["clean"] == before[row["arm"]]["clean"]
