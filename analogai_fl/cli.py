@@ -81,8 +81,9 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
         description="Train every arm of the ablation on the same data, seed and round/epoch "
         "budget (the MSNAT family through flwr run, aihwkit's hardware-aware training "
         "in-process), then evaluate every model with the same analog protocols: clean "
-        "accuracy, PCM accuracy per drift time and an n_w sweep, under the realistic and the "
-        "seed protocol. Writes results.csv, results.md and two PNG plots.",
+        "accuracy, PCM accuracy per drift time and an n_w sweep, under every protocol "
+        "(standard, realistic, seed). Writes results.csv, results.md, paired.csv and two PNG "
+        "plots; a folder run again continues where it stopped.",
         epilog="example: analogai-fl ablate --seeds 1,2,3 --run-config 'training.rounds=20'")
     parser.add_argument("--conf", help="conf YAML file (default: conf/default.yaml)")
     add_run_config_argument(parser)
