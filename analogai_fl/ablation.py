@@ -23,10 +23,12 @@ from torch import nn
 
 from . import hwa
 from .ablation_folder import (
+    RUNS_DIR,
     append_row,
     finished_rows,
     finished_run,
     hwa_checkpoint,
+    merge_folders,
     model_path,
     save_model,
     unfinished_run,
@@ -128,7 +130,7 @@ def arm_run_config(name: str, arm: Arm, exp: Experiment, overrides: Mapping[str,
     lr = {"training.lr": finetune} if finetune is not None and name != "vanilla" else {}
     return {CONF_KEY: exp.conf} | dict(overrides) | dict(arm.overrides) | lr | {
         "seed": seed, "inference.platform.aihwkit.use": False,  # evaluated below, once
-        "output.dir": str(out / "runs"), "output.name": f"{name}-seed{seed}",
+        "output.dir": str(out / RUNS_DIR), "output.name": f"{name}-seed{seed}",
         "output.keep_checkpoints": 1}
 
 
@@ -218,7 +220,7 @@ def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None,
         completed_run(run_config_string(run_config), env)
         wall = time.time() - started
         (folder,) = [unfinished] if unfinished else sorted(
-            (out / "runs").glob(f"{run.name}-seed{run.seed}-*"))[-1:]
+            (out / RUNS_DIR).glob(f"{run.name}-seed{run.seed}-*"))[-1:]
     run_folder, exp, data = RunFolder.open(folder), run.exp, run.data
     found = run_folder.last_checkpoint(exp.clients, exp.fused)
     if found is None:
@@ -264,7 +266,7 @@ def _flwr_reason(run: ArmRun, out: Path, error: RunFailed) -> str:
     """Why an arm's `flwr run` failed: the first line of its run folder's failed.txt (the
     reason; its second line is advice for `flwr run`, which ablate replaces), else the
     first line of Flower's status."""
-    folders = sorted((out / "runs").glob(f"{run.name}-seed{run.seed}-*"))
+    folders = sorted((out / RUNS_DIR).glob(f"{run.name}-seed{run.seed}-*"))
     failed = folders[-1] / "failed.txt" if folders else None
     if failed is not None and failed.exists():
         return f"{failed.read_text().splitlines()[0]} (its run folder: {folders[-1]})"
@@ -327,7 +329,8 @@ def evaluate(model: nn.Module, data: Splits, exp: Experiment) -> dict[str, Any]:
 def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
                  seeds: Sequence[int], names: Sequence[str] = ARM_NAMES,
                  env: Mapping[str, str] | None = None,
-                 progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                 progress: Callable[[str], None] = print,
+                 merge: Sequence[Path] = ()) -> list[dict[str, Any]]:
     """Train and evaluate every arm for every seed (`exp` resolved from its conf file and
     the command-line `overrides`, which every `flwr run` receives too); returns one row per
     (arm, seed) and writes results.csv, results.md and the plots into `out` (rewritten after
@@ -339,8 +342,12 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
     checkpoint, an interrupted HWA arm after its last epoch; the tables and plots are rendered
     from the folder's rows and the new ones. An arm whose run would be the 'msnat' run
     itself (`same_run_as_msnat`) is not trained. ConfigError (before any work) when `out`
-    holds an ablation of other settings."""
+    holds an ablation of other settings. The folders in `merge` (the same settings) give
+    `out` the rows it lacks first (`merge_folders`), after the plan is checked."""
     runs = plan(exp, overrides, out, seeds, names)
+    if merge:
+        progress(f"merged {merge_folders(exp, out, merge, progress)} (arm, seed) row(s) "
+                 f"from {', '.join(map(str, merge))}")
     repeats = same_run_as_msnat(runs)
     if repeats:
         progress(f"not trained: {', '.join(repeats)} (the same run as 'msnat' with these "

@@ -6,7 +6,8 @@ extended ablation continue where it stopped."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .schema import CONF_KEY
 from .settings import Experiment
 
 MODELS_DIR = "models"  # every arm's final model: <arm>-seed<seed>.pt, a plain state_dict
+RUNS_DIR = "runs"  # the flwr arms' run folders, the HWA arms' epoch checkpoints
 
 
 def model_path(out: Path, name: str, seed: int) -> Path:
@@ -30,7 +32,7 @@ def model_path(out: Path, name: str, seed: int) -> Path:
 def unfinished_run(name: str, seed: int, out: Path) -> Path | None:
     """The newest run folder of this arm and seed that has a checkpoint but no summary (an
     interrupted `flwr run`, continued with `output.resume`), if any."""
-    for folder in sorted((out / "runs").glob(f"{name}-seed{seed}-*"), reverse=True):
+    for folder in sorted((out / RUNS_DIR).glob(f"{name}-seed{seed}-*"), reverse=True):
         if not (folder / "summary.json").exists() and any(
                 RunFolder(folder).checkpoints.glob("round_*.pt")):
             return folder
@@ -42,7 +44,7 @@ def finished_run(name: str, seed: int, out: Path) -> Path | None:
     written last, after its final round), if any. Its arm has no row when the ablation was
     stopped after the run and before the row (during its evaluation): the run is read back,
     not trained again."""
-    for folder in sorted((out / "runs").glob(f"{name}-seed{seed}-*"), reverse=True):
+    for folder in sorted((out / RUNS_DIR).glob(f"{name}-seed{seed}-*"), reverse=True):
         if (folder / "summary.json").exists():
             return folder
     return None
@@ -51,7 +53,7 @@ def finished_run(name: str, seed: int, out: Path) -> Path | None:
 def hwa_checkpoint(out: Path, name: str, seed: int) -> Path:
     """Where HWA arm `name` of `seed` keeps its state after every epoch until its row is
     written (`hwa.train_analog`: an interrupted arm continues after its last epoch)."""
-    return out / "runs" / f"{name}-seed{seed}" / "hwa_epoch.pt"
+    return out / RUNS_DIR / f"{name}-seed{seed}" / "hwa_epoch.pt"
 
 
 def save_model(model: nn.Module, path: Path) -> None:
@@ -103,10 +105,11 @@ def _saved_config(out: Path) -> dict[str, Any]:
                           "give another --out") from None
 
 
-def finished_rows(exp: Experiment, out: Path, warn: Callable[[str], None] = print
-                  ) -> list[dict[str, Any]]:
-    """The rows already in `out` (empty for a new folder). ConfigError when `out` holds an
-    ablation of other settings, naming the keys that differ: its rows would not compare;
+def finished_rows(exp: Experiment, out: Path, warn: Callable[[str], None] = print,
+                  given_as: str = "--out") -> list[dict[str, Any]]:
+    """The rows already in `out` (empty for a new folder). ConfigError when `out` (the
+    folder given as `given_as`) holds an ablation of other settings, naming the keys that
+    differ: its rows would not compare;
     ConfigError naming the file (and line) when ablation.json or rows.jsonl is damaged,
     except a last row cut short when the ablation was killed writing it: that row is
     dropped (its arm trains again) and `warn` told so."""
@@ -119,9 +122,10 @@ def finished_rows(exp: Experiment, out: Path, warn: Callable[[str], None] = prin
     if differ:
         shown = "; ".join(f"{k}: {saved.get(k)!r} there, {mine.get(k)!r} now"
                           for k in differ[:5]) + ("; ..." if len(differ) > 5 else "")
-        raise ConfigError(f"--out {out}: holds an ablation with other settings ({shown}); "
-                          "use the same conf and --run-config to continue it, or another "
-                          "--out")
+        advice = ("use the same conf and --run-config to continue it, or another --out"
+                  if given_as == "--out" else "only folders of the same settings merge")
+        raise ConfigError(f"{given_as} {out}: holds an ablation with other settings "
+                          f"({shown}); {advice}")
     rows = read_jsonl(out / ROWS_FILE, warn)
     for row in rows:  # JSON keys are strings; the n_w sweep is keyed by float
         for results in [*row["protocols"].values(),
@@ -130,3 +134,44 @@ def finished_rows(exp: Experiment, out: Path, warn: Callable[[str], None] = prin
                 if kind in results:
                     results[kind] = {float(n_w): v for n_w, v in results[kind].items()}
     return rows
+
+
+def merge_folders(exp: Experiment, out: Path, others: Sequence[Path],
+                  warn: Callable[[str], None] = print) -> int:
+    """Copy into `out` the finished rows of the ablation folders `others` that `out` lacks
+    (by arm and seed), each with its model and its flwr run folders: parts of one ablation
+    run side by side (other seeds or arms, one process each) become one folder, whose
+    report pairs them all. A row that `out` already has is kept as it is there. Every folder
+    is checked before anything is copied: ConfigError, naming it, when it is `out` itself,
+    holds no ablation (no ablation.json), holds one of other settings or a damaged file, or
+    lacks a row's model. Returns the number of rows copied."""
+    theirs = []
+    for other in others:
+        if other.resolve() == out.resolve():
+            raise ConfigError(f"--merge {other}: is the --out folder itself")
+        if not (other / STATE_FILE).exists():
+            raise ConfigError(f"--merge {other}: no ablation folder (no {STATE_FILE} in it)")
+        rows = finished_rows(exp, other, warn, given_as="--merge")
+        for row in rows:
+            if not model_path(other, row["arm"], row["seed"]).exists():
+                raise ConfigError(f"--merge {other}: the model of its row ({row['arm']}, seed "
+                                  f"{row['seed']}) is missing: "
+                                  f"{model_path(other, row['arm'], row['seed'])}")
+        theirs.append((other, rows))
+    have = {(r["arm"], r["seed"]) for r in finished_rows(exp, out, warn)}
+    write_state(out, exp)
+    copied = 0
+    for other, rows in theirs:
+        for row in rows:
+            if (row["arm"], row["seed"]) in have:
+                continue
+            model = model_path(out, row["arm"], row["seed"])
+            model.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(model_path(other, row["arm"], row["seed"]), model)
+            for run in (other / RUNS_DIR).glob(f"{row['arm']}-seed{row['seed']}-*"):
+                if not (out / RUNS_DIR / run.name).exists():
+                    shutil.copytree(run, out / RUNS_DIR / run.name)
+            append_row(out, row | {"model": str(model)})
+            have.add((row["arm"], row["seed"]))
+            copied += 1
+    return copied

@@ -67,7 +67,8 @@ def run_ablate(args: argparse.Namespace) -> int:
     def progress(text: str) -> None:
         console.print(f"[{time.time() - started:6.0f}s] {text}")
 
-    ablation.run_ablation(exp, overrides, out, seeds, names, progress=progress)
+    merge = [Path(m).expanduser().resolve() for m in args.merge or []]
+    ablation.run_ablation(exp, overrides, out, seeds, names, progress=progress, merge=merge)
     console.print((out / "results.md").read_text())
     console.print(f"Wrote {out / 'results.csv'}, {out / 'results.md'}, "
                   f"{out / 'accuracy_vs_n_w.png'}, {out / 'accuracy_vs_drift.png'}")
@@ -95,6 +96,10 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
                         "ablation.pretrained=true vanilla is always trained (the "
                         "pre-training)")
     parser.add_argument("--out", help="results folder (default: <output.dir>/ablation-<time>)")
+    parser.add_argument("--merge", action="append", metavar="FOLDER",
+                        help="an ablation folder of the same settings whose finished rows "
+                        "(other seeds or arms, run side by side) --out lacks: copied in with "
+                        "their models first; repeatable")
     parser.set_defaults(handler=run_ablate)
 
 

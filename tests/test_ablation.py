@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -364,6 +365,92 @@ def test_an_ablation_folder_refused_for_its_settings_or_damage_continues_as_advi
     state.write_text(saved)  # restored
     assert [r["arm"] for r in ablation_folder.finished_rows(first, out)] == ["vanilla"]
     assert ablation_folder.finished_rows(first, tmp_path / "another") == []
+
+
+def _folder_with_rows(out, exp, rows, run_folders=()):
+    ablation_folder.write_state(out, exp)
+    for arm, seed, clean in rows:
+        ablation_folder.save_model(torch.nn.Linear(2, 2), ablation_folder.model_path(out, arm,
+                                                                                     seed))
+        ablation_folder.append_row(out, {"arm": arm, "seed": seed, "clean": clean,
+                                         "model": "elsewhere", "protocols": {}})
+    for name in run_folders:
+        (out / ablation_folder.RUNS_DIR / name).mkdir(parents=True)
+        (out / ablation_folder.RUNS_DIR / name / "metrics.jsonl").write_text("{}\n")
+
+
+def test_merge_copies_the_rows_a_folder_lacks_with_their_models_and_checks_every_folder_first(
+        tmp_path):
+    """Parts of one ablation run side by side: --merge copies the rows --out lacks, with
+    their models and run folders; a row --out has is kept as it is. A folder of other
+    settings, without an ablation, the --out folder itself or one that lacks a model is
+    refused by name, before anything is copied."""
+    exp = load({"training.rounds": 1})
+    out, part = tmp_path / "out", tmp_path / "part"
+    _folder_with_rows(out, exp, [("vanilla", 1, 0.5)])
+    _folder_with_rows(part, exp, [("vanilla", 1, 0.9), ("msnat", 1, 0.7), ("vanilla", 2, 0.6)],
+                      ["msnat-seed1-20261205-000000", "vanilla-seed2-20261205-000000"])
+    other = tmp_path / "other"
+    _folder_with_rows(other, load({"training.rounds": 2}), [("hwa", 1, 0.8)])
+    lacking = tmp_path / "lacking"
+    _folder_with_rows(lacking, exp, [("hwa", 1, 0.8)])
+    ablation_folder.model_path(lacking, "hwa", 1).unlink()
+    rows_before = (out / ablation_folder.ROWS_FILE).read_text()
+    refused = [([other], f"--merge {other}: holds an ablation with other settings "
+                         r"\(training.rounds: 2 there, 1 now\); only folders of the same "
+                         "settings merge"),
+               ([tmp_path / "none"], "no ablation folder"),
+               ([out], "is the --out folder itself"),
+               ([part, lacking], r"the model of its row \(hwa, seed 1\) is missing")]
+    for folders, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            ablation_folder.merge_folders(exp, out, folders)
+        assert (out / ablation_folder.ROWS_FILE).read_text() == rows_before  # nothing copied
+        assert not (out / ablation_folder.RUNS_DIR).exists()
+    assert ablation_folder.merge_folders(exp, out, [part]) == 2
+    rows = {(r["arm"], r["seed"]): r for r in ablation_folder.finished_rows(exp, out)}
+    assert list(rows) == [("vanilla", 1), ("msnat", 1), ("vanilla", 2)]
+    assert rows[("vanilla", 1)]["clean"] == 0.5  # the row --out had is kept
+    for key in [("msnat", 1), ("vanilla", 2)]:
+        model = ablation_folder.model_path(out, *key)
+        assert rows[key]["model"] == str(model) and model.exists()
+        assert torch.equal(torch.load(model)["weight"],
+                           torch.load(ablation_folder.model_path(part, *key))["weight"])
+    assert sorted(p.name for p in (out / ablation_folder.RUNS_DIR).iterdir()) == [
+        "msnat-seed1-20261205-000000", "vanilla-seed2-20261205-000000"]
+    assert ablation_folder.merge_folders(exp, out, [part]) == 0  # merged once only
+
+
+@pytest.mark.e2e
+def test_ablate_merge_renders_parts_run_side_by_side_as_one_folder(tiny_ablation, tmp_path,
+                                                                   capsys):
+    """`ablate --merge PART`: the rows --out lacks come from PART, so nothing is trained and
+    the report holds every arm (without the merge, msnat and hwa would train again here)."""
+    from analogai_fl.cli import main
+
+    out, rows = tiny_ablation
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    shutil.copytree(out, whole)
+    shutil.copytree(out, part)
+    lines = (out / ablation_folder.ROWS_FILE).read_text().splitlines()
+    (whole / ablation_folder.ROWS_FILE).write_text("\n".join(lines[:2]) + "\n")
+    (part / ablation_folder.ROWS_FILE).write_text("\n".join(lines[2:]) + "\n")
+    for arm in ("msnat", "hwa"):  # whole has nothing of theirs
+        ablation_folder.model_path(whole, arm, 3).unlink()
+        for run in (whole / ablation_folder.RUNS_DIR).glob(f"{arm}-seed3*"):
+            shutil.rmtree(run)
+    (whole / "results.md").unlink()
+    assert main(["ablate", "--seeds", "3", "--arms", "vanilla,msnat_no_fi,msnat,hwa",
+                 "--out", str(whole), "--merge", str(part), "--run-config",
+                 "training.rounds=1 training.client_num_in_total=2 inference.repeats=1 "
+                 "inference.drift_times='1,86400' inference.n_w_sweep='0,0.2' "
+                 "ablation.n_w_columns='0.2'"]) == 0
+    said = capsys.readouterr().out
+    assert f"merged 2 (arm, seed) row(s) from {part}" in said and "] training" not in said
+    merged = [json.loads(line) for line in
+              (whole / ablation_folder.ROWS_FILE).read_text().splitlines()]
+    assert [(r["arm"], r["clean"]) for r in merged] == [(r["arm"], r["clean"]) for r in rows]
+    assert (whole / "results.md").read_text().count("| MSNAT | 1 |") == 5
 
 
 @pytest.mark.e2e
