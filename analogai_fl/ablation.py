@@ -30,6 +30,7 @@ from .ablation_folder import (
     hwa_checkpoint,
     merge_folders,
     model_path,
+    run_folders,
     save_model,
     unfinished_run,
     write_state,
@@ -219,8 +220,7 @@ def train_flwr_arm(run: ArmRun, out: Path, env: Mapping[str, str] | None,
         started = time.time()
         completed_run(run_config_string(run_config), env)
         wall = time.time() - started
-        (folder,) = [unfinished] if unfinished else sorted(
-            (out / RUNS_DIR).glob(f"{run.name}-seed{run.seed}-*"))[-1:]
+        folder = unfinished or run_folders(out, run.name, run.seed)[0]
     run_folder, exp, data = RunFolder.open(folder), run.exp, run.data
     found = run_folder.last_checkpoint(exp.clients, exp.fused)
     if found is None:
@@ -266,10 +266,10 @@ def _flwr_reason(run: ArmRun, out: Path, error: RunFailed) -> str:
     """Why an arm's `flwr run` failed: the first line of its run folder's failed.txt (the
     reason; its second line is advice for `flwr run`, which ablate replaces), else the
     first line of Flower's status."""
-    folders = sorted((out / RUNS_DIR).glob(f"{run.name}-seed{run.seed}-*"))
-    failed = folders[-1] / "failed.txt" if folders else None
+    folders = run_folders(out, run.name, run.seed)
+    failed = folders[0] / "failed.txt" if folders else None
     if failed is not None and failed.exists():
-        return f"{failed.read_text().splitlines()[0]} (its run folder: {folders[-1]})"
+        return f"{failed.read_text().splitlines()[0]} (its run folder: {folders[0]})"
     return str(error).splitlines()[0]
 
 

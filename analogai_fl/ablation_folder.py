@@ -29,10 +29,16 @@ def model_path(out: Path, name: str, seed: int) -> Path:
     return out / MODELS_DIR / f"{name}-seed{seed}.pt"
 
 
+def run_folders(out: Path, name: str, seed: int) -> list[Path]:
+    """The flwr run folders of arm `name` and `seed` in `out`, newest first (their names
+    end in the start time)."""
+    return sorted((out / RUNS_DIR).glob(f"{name}-seed{seed}-*"), reverse=True)
+
+
 def unfinished_run(name: str, seed: int, out: Path) -> Path | None:
     """The newest run folder of this arm and seed that has a checkpoint but no summary (an
     interrupted `flwr run`, continued with `output.resume`), if any."""
-    for folder in sorted((out / RUNS_DIR).glob(f"{name}-seed{seed}-*"), reverse=True):
+    for folder in run_folders(out, name, seed):
         if not (folder / "summary.json").exists() and any(
                 RunFolder(folder).checkpoints.glob("round_*.pt")):
             return folder
@@ -44,7 +50,7 @@ def finished_run(name: str, seed: int, out: Path) -> Path | None:
     written last, after its final round), if any. Its arm has no row when the ablation was
     stopped after the run and before the row (during its evaluation): the run is read back,
     not trained again."""
-    for folder in sorted((out / RUNS_DIR).glob(f"{name}-seed{seed}-*"), reverse=True):
+    for folder in run_folders(out, name, seed):
         if (folder / "summary.json").exists():
             return folder
     return None
@@ -168,7 +174,7 @@ def merge_folders(exp: Experiment, out: Path, others: Sequence[Path],
             model = model_path(out, row["arm"], row["seed"])
             model.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(model_path(other, row["arm"], row["seed"]), model)
-            for run in (other / RUNS_DIR).glob(f"{row['arm']}-seed{row['seed']}-*"):
+            for run in run_folders(other, row["arm"], row["seed"]):
                 if not (out / RUNS_DIR / run.name).exists():
                     shutil.copytree(run, out / RUNS_DIR / run.name)
             append_row(out, row | {"model": str(model)})
