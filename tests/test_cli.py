@@ -236,7 +236,8 @@ def test_ablate_accepts_hwa_compute_once_msnat_is_added_as_advised(tmp_path, cap
 
     planned = []
 
-    def plan_only(exp, overrides, out, seeds, names, progress=print):
+    def plan_only(exp, overrides, out, seeds, names, progress=print, merge=()):
+        assert list(merge) == []  # no --merge given
         planned.extend((r.name, r.seed) for r in ablation.plan(exp, overrides, out, seeds, names))
         out.mkdir(parents=True)
         (out / "results.md").write_text("planned\n")
