@@ -214,7 +214,9 @@ def test_every_arm_is_evaluated_alike_and_written(tiny_ablation):
 
 @pytest.mark.e2e
 def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_path_factory):
-    out, rows = tiny_ablation
+    done, rows = tiny_ablation
+    out = tmp_path_factory.mktemp("interrupted") / "ablation"
+    shutil.copytree(done, out)  # the fixture's folder stays whole for the other tests
     home = tmp_path_factory.mktemp("flwr_home_again")
     env = flwr_env({"FLWR_HOME": str(home)})
     overrides = {"training.rounds": 1, "training.client_num_in_total": 2,
@@ -432,7 +434,7 @@ def test_ablate_merge_renders_parts_run_side_by_side_as_one_folder(tiny_ablation
     whole, part = tmp_path / "whole", tmp_path / "part"
     shutil.copytree(out, whole)
     shutil.copytree(out, part)
-    lines = [json.dumps(r) for r in rows]  # the fixture's rows: another test rewrites the file
+    lines = (out / ablation_folder.ROWS_FILE).read_text().splitlines()
     (whole / ablation_folder.ROWS_FILE).write_text("\n".join(lines[:2]) + "\n")
     (part / ablation_folder.ROWS_FILE).write_text("\n".join(lines[2:]) + "\n")
     for arm in ("msnat", "hwa"):  # whole has nothing of theirs
