@@ -55,6 +55,7 @@ from aihwkit.simulator.configs import (
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from . import safe_load
 from .analog import convert_every_layer, converter_resolution, cuda_indices
 from .data import Splits
 from .errors import ConfigError
@@ -281,14 +282,18 @@ def _save(path: Path, epoch: int, curve: list[float], analog: nn.Module,
 
 
 def _read(path: Path, epochs: int) -> dict[str, Any]:
-    """The state `_save` wrote to `path`; ValueError naming the file when it cannot be read
-    or holds more epochs than `epochs`."""
+    """The state `_save` wrote to `path` (`safe_load.load`: a file that names any global
+    outside an analog state_dict's classes is refused unread); ConfigError naming the file
+    when it cannot be read, is refused, or holds more epochs than `epochs`."""
     try:
-        state = torch.load(path, weights_only=False)
+        state = safe_load.load(path)
         done = int(state["epoch"])
-    except Exception as error:
-        raise ConfigError(f"HWA checkpoint {path}: not readable ({error}); delete it to "
-                          "train this arm again from its start") from error
+    except safe_load.Unreadable as error:
+        raise ConfigError(f"HWA checkpoint {path}: not readable ({error.first_line}); delete "
+                          "it to train this arm again from its start") from None
+    except (TypeError, KeyError, ValueError) as error:
+        raise ConfigError(f"HWA checkpoint {path}: not an epoch checkpoint ({error!r}); "
+                          "delete it to train this arm again from its start") from None
     if done > epochs:
         raise ConfigError(f"HWA checkpoint {path}: {done} epochs done, more than the "
                           f"{epochs} this arm trains; delete it to train this arm again from "

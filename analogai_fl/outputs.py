@@ -15,7 +15,6 @@ Every write appends or replaces atomically, so a crash never loses earlier resul
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from . import safe_load
 from .errors import ConfigError
 
 CHECKPOINT = re.compile(r"round_(\d+)(?:_noise_(\d+))?\.pt")
@@ -81,8 +81,10 @@ def read_model_state(path: Path, expected: Mapping[str, torch.Tensor], model: st
         raise ConfigError(f"{source}'{path}' does not exist (expected a checkpoint such as "
                           "runs/<run>/checkpoints/round_0015.pt)")
     try:
-        state = _torch_load(path)
-    except _Unreadable as err:
+        state = safe_load.load(path)
+    except safe_load.Unreadable as err:
+        if err.refused:
+            raise ConfigError(f"{source}'{path}' is refused: {err.first_line}") from None
         raise ConfigError(f"{source}'{path}' is not a checkpoint (torch.load failed: "
                           f"{err.first_line}); expected a state_dict written by "
                           "RunFolder.save_checkpoint") from None
@@ -263,46 +265,15 @@ class RunFolder:
         return read_checkpoint(path) if path.is_file() else None
 
 
-class _Unreadable(Exception):
-    """torch.load failed on a file; `error` is what torch raised."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-        text = str(error).strip()
-        self.first_line = text.splitlines()[0] if text else type(error).__name__
-
-
-def _torch_load(path: Path) -> Any:
-    """`torch.load` (weights only, on the CPU) of `path`; _Unreadable for any failure (torch
-    raises RuntimeError, EOFError, UnpicklingError, ... for a file that is no checkpoint).
-    The state_dict of an aihwkit analog model holds aihwkit's RPU-config classes, which
-    weights-only loading refuses: a file whose only other globals are aihwkit's is loaded
-    with exactly those allowed (`torch.serialization.safe_globals`), never any other."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = err
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        if not names or not all(n.startswith("aihwkit.") for n in names):
-            raise _Unreadable(first)
-        allowed = [getattr(importlib.import_module(n.rpartition(".")[0]), n.rpartition(".")[2])
-                   for n in names]
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except _Unreadable:
-        raise
-    except Exception as err:
-        raise _Unreadable(err) from None
-
-
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A file of this project's `torch.save` (weights only); ConfigError naming the file when
-    it does not read back (cut short, overwritten, not a checkpoint)."""
+    """A file of this project's `torch.save` (`safe_load.load`); ConfigError naming the file
+    when it does not read back (cut short, overwritten, not a checkpoint) or is refused (it
+    names a global that `safe_load` does not accept)."""
     try:
-        return _torch_load(path)
-    except _Unreadable as err:
+        return safe_load.load(path)
+    except safe_load.Unreadable as err:
+        if err.refused:
+            raise ConfigError(f"checkpoint '{path}' is refused: {err.first_line}") from None
         reason = " ".join(str(err.error).split())[:160]
         raise ConfigError(f"checkpoint '{path}' is damaged ({type(err.error).__name__}: "
                           f"{reason})") from None

@@ -15,7 +15,7 @@ from aihwkit.simulator.configs import (
     WeightModifierType,
 )
 
-from analogai_fl import config, hwa
+from analogai_fl import config, hwa, safe_load
 from analogai_fl.models import build_model
 from analogai_fl.settings import Experiment
 from analogai_fl.settings_ablation import HWASettings
@@ -309,7 +309,7 @@ def test_an_interrupted_hwa_run_continues_from_its_epoch_checkpoint(hwa_cfg, dig
     with pytest.raises(_Interrupted):
         hwa.train_analog(name, H(cfg), small, 3, seed=2, checkpoint=checkpoint,
                          validate=True, on_epoch=stop)
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
+    assert safe_load.load(checkpoint)["epoch"] == 1
     resumed, resumed_stats = hwa.train_hwa(name, H(cfg), small, 3, seed=2,
                                            checkpoint=checkpoint, validate=True)
     assert resumed_stats["resumed_after_epoch"] == 1
