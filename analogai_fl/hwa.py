@@ -282,15 +282,16 @@ def _save(path: Path, epoch: int, curve: list[float], analog: nn.Module,
 
 
 def _read(path: Path, epochs: int) -> dict[str, Any]:
-    """The state `_save` wrote to `path` (`safe_load.load`: a file that names any global
-    outside an analog state_dict's classes is refused unread); ConfigError naming the file
-    when it cannot be read, is refused, or holds more epochs than `epochs`."""
+    """The state `_save` wrote to `path` (`safe_load.load`); ConfigError naming the file
+    when it cannot be read, is refused (`safe_load.Refused`: it names a global outside an
+    analog state_dict's classes) or holds more epochs than `epochs`."""
     try:
         state = safe_load.load(path)
-        done = int(state["epoch"])
     except safe_load.Unreadable as error:
         raise ConfigError(f"HWA checkpoint {path}: not readable ({error.first_line}); delete "
                           "it to train this arm again from its start") from None
+    try:
+        done = int(state["epoch"])
     except (TypeError, KeyError, ValueError) as error:
         raise ConfigError(f"HWA checkpoint {path}: not an epoch checkpoint ({error!r}); "
                           "delete it to train this arm again from its start") from None

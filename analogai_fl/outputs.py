@@ -82,9 +82,9 @@ def read_model_state(path: Path, expected: Mapping[str, torch.Tensor], model: st
                           "runs/<run>/checkpoints/round_0015.pt)")
     try:
         state = safe_load.load(path)
+    except safe_load.Refused as err:
+        raise ConfigError(f"{source}{err}") from None
     except safe_load.Unreadable as err:
-        if err.refused:
-            raise ConfigError(f"{source}'{path}' is refused: {err.first_line}") from None
         raise ConfigError(f"{source}'{path}' is not a checkpoint (torch.load failed: "
                           f"{err.first_line}); expected a state_dict written by "
                           "RunFolder.save_checkpoint") from None
@@ -267,13 +267,11 @@ class RunFolder:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A file of this project's `torch.save` (`safe_load.load`); ConfigError naming the file
-    when it does not read back (cut short, overwritten, not a checkpoint) or is refused (it
-    names a global that `safe_load` does not accept)."""
+    when it does not read back (cut short, overwritten, not a checkpoint); `safe_load.Refused`
+    (a ConfigError naming it) when it names a global that `safe_load` does not accept."""
     try:
         return safe_load.load(path)
     except safe_load.Unreadable as err:
-        if err.refused:
-            raise ConfigError(f"checkpoint '{path}' is refused: {err.first_line}") from None
         reason = " ".join(str(err.error).split())[:160]
         raise ConfigError(f"checkpoint '{path}' is damaged ({type(err.error).__name__}: "
                           f"{reason})") from None

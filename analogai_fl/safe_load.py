@@ -35,33 +35,36 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
+
 # the packages whose classes an analog state_dict may name; nothing outside them is imported
 _MODULE_ROOTS = ("aihwkit.simulator.", "aihwkit.inference.")
 _PROJECT_TILES = "analogai_fl.tiles"
 
 
-class RefusedGlobal(Exception):
-    """The file names a global that `load` does not accept (`name`)."""
+class Refused(ConfigError):
+    """`load` refused `path`: it names `name`, a global `load` does not accept. The message
+    names both; nothing in the file was called."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, path: Path, name: str) -> None:
         super().__init__(
-            f"it names {name}, which is not a class an aihwkit analog state_dict holds (only "
-            "aihwkit's RPU-configuration dataclasses and enums, tiles, noise models, drift "
-            "compensations and conductance converters are accepted, never a function); "
-            "refused without loading it")
+            f"'{path}' is refused: it names {name}, which is not a class an aihwkit analog "
+            "state_dict holds (only aihwkit's RPU-configuration dataclasses and enums, tiles, "
+            "noise models, drift compensations and conductance converters are accepted, never "
+            "a function); refused without loading it")
+        self.path = path
         self.name = name
 
 
 class Unreadable(Exception):
-    """torch.load failed on a file, or the file names a global `load` refuses (`refused`);
-    `error` is the cause and `first_line` its first line (for one-line messages)."""
+    """torch.load failed on a file; `error` is what torch raised and `first_line` its
+    first line (for one-line messages)."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
         text = str(error).strip()
         self.first_line = text.splitlines()[0] if text else type(error).__name__
-        self.refused = isinstance(error, RefusedGlobal)
 
 
 def _base_classes() -> tuple[type, ...]:
@@ -101,9 +104,9 @@ def load(path: Path) -> Any:
     file names other globals, again with them allowed if every one is a class of an aihwkit
     analog state_dict (`accepted_global`).
 
-    Raises Unreadable for any failure: a file that is no torch file or is cut short (torch
-    raises RuntimeError, EOFError, UnpicklingError, ...), or one that names any other global
-    (its `error` is a RefusedGlobal naming it; the file's contents were never called)."""
+    Raises Refused (a ConfigError naming the file and the global) for a file that names any
+    other global, before anything in it is called; Unreadable for a file torch cannot load
+    (no torch file, cut short: torch raises RuntimeError, EOFError, UnpicklingError, ...)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -118,7 +121,7 @@ def load(path: Path) -> Any:
     for name in names:
         found = accepted_global(name)
         if found is None:
-            raise Unreadable(RefusedGlobal(name))
+            raise Refused(path, name)
         allowed.append(found)
     try:
         with torch.serialization.safe_globals(allowed):
