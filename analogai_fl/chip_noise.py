@@ -186,15 +186,3 @@ def chip_forward(model: nn.Module, x: torch.Tensor, modifier_std: float, chip: C
     (N, C, H, W) (or whatever the model takes)."""
     with chip_layers(model, modifier_std, chip, generator, out_noise, weight_bits):
         return model(x)
-
-
-@torch.no_grad()
-def gaussian_clip_(model: nn.Module, sigma: float) -> nn.Module:
-    """Clip every Conv/Linear weight tensor of `model` in place to +-sigma * std(W) (its
-    unbiased std over the tensor): aihwkit's `WeightClipType.LAYER_GAUSSIAN`, applied after
-    every optimiser step (`training.analog.clip_sigma`). Returns `model`."""
-    for module in model.modules():
-        if isinstance(module, NOISY_LAYERS) and module.weight.numel() > 1:
-            bound = sigma * module.weight.std()
-            module.weight.clamp_(-bound, bound)
-    return model

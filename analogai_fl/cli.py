@@ -70,8 +70,9 @@ def run_ablate(args: argparse.Namespace) -> int:
     merge = [Path(m).expanduser().resolve() for m in args.merge or []]
     ablation.run_ablation(exp, overrides, out, seeds, names, progress=progress, merge=merge)
     console.print((out / "results.md").read_text())
-    console.print(f"Wrote {out / 'results.csv'}, {out / 'results.md'}, "
-                  f"{out / 'accuracy_vs_n_w.png'}, {out / 'accuracy_vs_drift.png'}")
+    written = [out / name for name in ("results.csv", "results.md", "paired.csv", "primary.csv",
+                                       "accuracy_vs_n_w.png", "accuracy_vs_drift.png")]
+    console.print(f"Wrote {', '.join(str(p) for p in written if p.exists())}")
     return 0
 
 
@@ -83,8 +84,10 @@ def add_ablate(subparsers: argparse._SubParsersAction) -> None:
         "budget (the MSNAT family through flwr run, aihwkit's hardware-aware training "
         "in-process), then evaluate every model with the same analog protocols: clean "
         "accuracy, PCM accuracy per drift time and an n_w sweep, under every protocol "
-        "(standard, realistic, seed). Writes results.csv, results.md, paired.csv and two PNG "
-        "plots; a folder run again continues where it stopped.",
+        "(standard, realistic, seed). Writes results.csv, results.md, paired.csv, two PNG "
+        "plots and, with ablation.primary_contrasts, primary.csv (the pre-registered tests, "
+        "Holm-corrected); with ablation.tuning=true only the validation criterion that "
+        "chooses recipes. A folder run again continues where it stopped.",
         epilog="example: analogai-fl ablate --seeds 1,2,3 --run-config 'training.rounds=20'")
     parser.add_argument("--conf", help="conf YAML file (default: conf/default.yaml)")
     add_run_config_argument(parser)

@@ -6,6 +6,7 @@ and run every check before any work (`checks.prepare`)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,18 +79,21 @@ def infer_config(checkpoint: Path, conf: str | None,
 
 
 def load_model(checkpoint: Path, exp: Experiment, data) -> Any:
-    """The configured model with the checkpoint's weights, as deployed onto the chip;
-    ConfigError naming the file when it is no checkpoint of that model."""
+    """The configured model with the checkpoint's weights, as deployed onto the chip (QAT's
+    quantisation, `inference.clip_sigma`'s clip); ConfigError naming the file when it is no
+    checkpoint of that model."""
     from .checks import model_state
     from .models import deployed_model
 
     state = model_state(checkpoint, exp)
-    return deployed_model(exp.model, data.shape, state, exp.training.weight_bits)
+    return deployed_model(exp.model, data.shape, state, exp.training.weight_bits,
+                          exp.evaluation.clip_sigma)
 
 
 def evaluate_checkpoint(checkpoint: Checkpoint, exp: Experiment, data, sweep: bool
                         ) -> dict[str, Any]:
     from .analog import drift_accuracy, n_w_sweep
+    from .clip import layer_statistics
     from .training import accuracy
 
     model = load_model(checkpoint.path, exp, data)
@@ -102,7 +106,9 @@ def evaluate_checkpoint(checkpoint: Checkpoint, exp: Experiment, data, sweep: bo
         "protocol": proto.record(), "torch_device": str(device),
         "clean_acc": accuracy(model, data.test, batch),
         "drift": drift_accuracy(model, data.test, proto, times, repeats, exp.seed, batch,
-                                device, one_pass, data.train)}
+                                device, one_pass, data.train),
+        "layers": [dataclasses.asdict(s) for s in layer_statistics(model)],
+        "clip_sigma": evaluation.clip_sigma}
     if sweep:  # the protocol's own n_w was just measured, with the same seed
         others = [n for n in evaluation.n_w_sweep if n != proto.n_w]
         measured = n_w_sweep(model, data.test, proto, others, times, repeats, exp.seed, batch,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ class Paired:
     mean: float
     low: float | None
     high: float | None
+    p: float | None = None  # two-sided paired t-test of a zero mean difference
 
     @property
     def verdict(self) -> str:
@@ -52,18 +53,26 @@ class Paired:
             return "loss"
         return "no difference shown"
 
-    def text(self) -> str:
-        """'+1.3 [+0.2, +2.4] win' in points (one decimal)."""
+    def interval_text(self) -> str:
+        """'+1.3 [+0.2, +2.4]' in points (one decimal); '+1.3 (one seed)' without one."""
         mean = f"{100 * self.mean:+.1f}"
         if self.low is None or self.high is None:
             return f"{mean} (one seed)"
-        return f"{mean} [{100 * self.low:+.1f}, {100 * self.high:+.1f}] {self.verdict}"
+        return f"{mean} [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
+
+    def text(self) -> str:
+        """'+1.3 [+0.2, +2.4] win' in points (one decimal)."""
+        if self.low is None or self.high is None:
+            return self.interval_text()
+        return f"{self.interval_text()} {self.verdict}"
 
 
 def paired_difference(arm: Mapping[int, float], reference: Mapping[int, float]) -> Paired:
     """arm - reference over the seeds both have (`arm`, `reference`: seed -> accuracy).
     The interval is mean ± t_{0.975, n-1} x s / sqrt(n), s the sample std of the n per-seed
-    differences (scipy.stats.t). ValueError when the two share no seed."""
+    differences (scipy.stats.t); `p` is the two-sided p-value of the paired t-test
+    (scipy.stats.ttest_1samp of the differences against 0; 1.0 when every difference is 0).
+    ValueError when the two share no seed."""
     seeds = tuple(sorted(set(arm) & set(reference)))
     if not seeds:
         raise ValueError(f"no seed in common: arm has {sorted(arm)}, reference "
@@ -72,9 +81,28 @@ def paired_difference(arm: Mapping[int, float], reference: Mapping[int, float]) 
     mean = statistics.fmean(differences)
     if len(seeds) < 2:
         return Paired(seeds, mean, None, None)
-    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, len(seeds) - 1)) * \
-        statistics.stdev(differences) / math.sqrt(len(seeds))
-    return Paired(seeds, mean, mean - half, mean + half)
+    spread = statistics.stdev(differences)
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, len(seeds) - 1)) * spread / \
+        math.sqrt(len(seeds))
+    if spread == 0:  # the t statistic is undefined; a constant non-zero shift is certain
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        p = float(stats.ttest_1samp(differences, 0.0).pvalue)
+    return Paired(seeds, mean, mean - half, mean + half, p)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979, Scand. J. Statist. 6:65-70), in the
+    order given: with p_(1) <= ... <= p_(m) sorted, adj_(i) = max over j <= i of
+    min(1, (m - j + 1) p_(j)). Rejecting where adj < alpha keeps the family-wise error rate
+    at alpha over the m tests."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def normalised_accuracy(accuracy: float, clean_fp: float, num_classes: int) -> float:
@@ -96,12 +124,15 @@ FAR_BELOW_BEST = 0.20
 
 
 def collapse_reason(row: Mapping[str, Any]) -> str | None:
-    """Why an ablation row's model collapsed, or None. Reads the row's "clean" (test),
-    "num_classes" and, where the training recorded it, "best_val_during_training"
-    (fractions); rows without "num_classes" (written before 0.3) are judged on 10 classes."""
+    """Why an ablation row's model collapsed, or None. Reads the row's "clean" (test; a
+    tuning row, which has no test figure: its validation "clean"), "num_classes" and, where
+    the training recorded it, "best_val_during_training" (fractions); rows without
+    "num_classes" (written before 0.3) are judged on 10 classes."""
     chance = 1 / row.get("num_classes", 10)
-    if row["clean"] <= chance + NEAR_CHANCE:
-        return f"clean test accuracy {100 * row['clean']:.1f}% is at chance " \
+    split, clean = ("test", row["clean"]) if "clean" in row else (
+        "validation", row["val"]["clean"])
+    if clean <= chance + NEAR_CHANCE:
+        return f"clean {split} accuracy {100 * clean:.1f}% is at chance " \
                f"({100 * chance:.0f}%)"
     best = row.get("best_val_during_training")
     if best is not None and row.get("val", {}).get("clean", best) < best - FAR_BELOW_BEST:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .clip import gaussian_clip_
 from .noise import NOISY_LAYERS
 from .quantization import quantize_per_channel
 
@@ -190,16 +191,20 @@ def quantize_weights_(model: nn.Module, bits: int) -> nn.Module:
 
 
 def deployed_model(name: str, shape: DataShape, state: Mapping[str, torch.Tensor],
-                   weight_bits: int = 0) -> nn.Module:
+                   weight_bits: int = 0, clip_sigma: float = 0.0) -> nn.Module:
     """The `name` model for `shape` holding `state`, as it goes onto the chip: with QAT
     (`weight_bits` > 0, `recovery.qat.weight_bits`) its weights quantised per output
-    channel; in eval mode on the CPU. Raises RuntimeError (torch's `load_state_dict`) when
-    `state` does not fit the model. The caller's random generator is left alone."""
+    channel; with `clip_sigma` > 0 (`inference.clip_sigma`) each Conv/Linear weight then
+    clipped once to +-clip_sigma stds of its layer (`clip.gaussian_clip_`); in eval mode on
+    the CPU. Raises RuntimeError (torch's `load_state_dict`) when `state` does not fit the
+    model. The caller's random generator is left alone."""
     with torch.random.fork_rng(devices=[]):
         model = model_for(name, shape)
     model.load_state_dict(state)
     if weight_bits:
         quantize_weights_(model, weight_bits)
+    if clip_sigma:
+        gaussian_clip_(model, clip_sigma)
     return model.eval()
 
 

@@ -6,7 +6,7 @@
     infer_tables / write_infer         `analogai-fl infer`: tables, drift.csv, n_w_sweep.csv,
                                        infer.png
 
-`analogai-fl ablate`'s report is `ablation_report`'s.
+`analogai-fl ablate`'s report is `ablation.report`.
 
 Accuracies are fractions (0..1) everywhere in the data and percent only when formatted.
 """
@@ -173,4 +173,25 @@ def infer_tables(results: Sequence[Mapping[str, Any]]) -> list[Any]:
             for n_w, per_time in r.get("n_w_sweep", {}).items():
                 sweep.add_row(r["model"], f"{n_w:g}", *[entry_text(per_time[x]) for x in labels])
         out.append(sweep)
+    if all("layers" in r for r in results):
+        out.append(layer_table(results))
     return out
+
+
+def layer_table(results: Sequence[Mapping[str, Any]]) -> Any:
+    """Each evaluated model's Conv/Linear weights as programmed (`clip.layer_statistics`):
+    max|W|/rms(W), which scales the read noise relative to a typical weight, and the share of
+    weights beyond k standard deviations of their layer (k = 2.5: the HWA recipe's clip)."""
+    k = results[0]["layers"][0]["k"] if results[0]["layers"] else 2.5
+    clip = results[0].get("clip_sigma", 0.0)
+    table = Table(title="Weights as programmed" + (f" (after inference.clip_sigma {clip:g})"
+                                                   if clip else "")
+                  + f": per layer, max|W|/rms(W) and % of weights beyond {k:g} std")
+    for column in ("model", "layer", "kind", "weights", "max|W|/rms(W)", f"% > {k:g} std"):
+        table.add_column(column, justify="left" if column in ("model", "layer", "kind")
+                         else "right")
+    for r in results:
+        for layer in r["layers"]:
+            table.add_row(r["model"], layer["name"], layer["kind"], str(layer["size"]),
+                          f"{layer['peak_to_rms']:.2f}", f"{100 * layer['beyond']:.2f}")
+    return table

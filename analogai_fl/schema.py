@@ -18,6 +18,7 @@ UNSET = ""  # pyproject's declared value of every key: "not given on the command
 MAX_NOISE_LEVELS = 10
 DEVICES = ("PCM", "ReRAM", "ideal")
 PROTOCOLS = ("standard", "realistic", "seed")
+LR_SCHEDULES = ("constant", "cosine")  # training.schedule; training.scheduled_lr
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
 MODEL_NAMES = ("lenet", "mlp", "vgg8", "resnet18", "mobilenetv2")
 STRATEGY_NAMES = ("msnat", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
@@ -157,7 +158,20 @@ def _training_keys() -> dict[str, Key]:
         "training.rounds": Key(15, "communication rounds", minimum=1),
         "training.local_epochs": Key(1, "epochs each client trains per round", minimum=1),
         "training.batch_size": Key(64, "training batch size", minimum=1),
-        "training.lr": Key(1e-3, "learning rate", minimum=0.0, above_minimum=True),
+        "training.lr": Key(1e-3, "learning rate (of round 1 with training.schedule=cosine)",
+                           minimum=0.0, above_minimum=True),
+        "training.schedule": Key("constant", "lr over the rounds: constant, or cosine (round r "
+                                 "of R trains at lr*(1+cos(pi*(r-1)/R))/2, as torch's "
+                                 "CosineAnnealingLR stepped per round; aihwkit's HWA recipe)",
+                                 choices=LR_SCHEDULES),
+        "training.clip_sigma": Key(0.0, "after every optimiser step each Conv/Linear weight "
+                                   "is clipped to +-clip_sigma * std(W) of its layer, with any "
+                                   "noise model (aihwkit's LAYER_GAUSSIAN clip; HWA recipe: "
+                                   "2.5; 0 = off)", minimum=0.0),
+        "training.client_validation": Key(True, "after training, each client measures its "
+                                          "model on the validation split under its own noise "
+                                          "(curves' noisy validation line; about 40% of a "
+                                          "round on the chip's forward); false skips it"),
         "training.optimizer": Key("adam", "local optimiser (fresh each round)",
                                   choices=("adam", "sgd")),
         "training.momentum": Key(0.9, "SGD momentum", minimum=0.0),
@@ -209,9 +223,6 @@ def _analog_training_keys() -> dict[str, Key]:
                                               "(default: the realistic protocol's)"),
         f"{a}.bound_management": Key(True, f"{on} a sample whose outputs clip is repeated with "
                                      "its input scale halved (aihwkit's ITERATIVE default)"),
-        f"{a}.clip_sigma": Key(0.0, f"{on} after every step each layer's weights are clipped "
-                               "to +-clip_sigma * std(W) (aihwkit's LAYER_GAUSSIAN clip; 0 = "
-                               "off)", minimum=0.0),
     }
 
 
@@ -324,6 +335,10 @@ def _inference_keys() -> dict[str, Key]:
         "inference.n_w_sweep": Key([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
                                    "n_w values of the n_w sweep (analogai-fl infer, ablation)",
                                    minimum=0.0),
+        "inference.clip_sigma": Key(0.0, "clip each Conv/Linear weight once to +-clip_sigma "
+                                    "* std(W) of its layer before it is programmed (aihwkit's "
+                                    "LAYER_GAUSSIAN, applied post hoc to the trained model; "
+                                    "ServerApp, infer, export, ablate; 0 = off)", minimum=0.0),
         "inference.every": Key(1, "evaluate every N rounds (the last round always)", minimum=1),
         "inference.batch_size": Key(128, "evaluation batch size (images per forward; with "
                                     "inference.one_pass, images x weight states); 128 was "
@@ -380,4 +395,5 @@ def _build_schema() -> dict[str, Key]:
 
 SCHEMA: dict[str, Key] = _build_schema()
 ALIASES = {"inference.platform.aihwkit": "inference.platform.aihwkit.use",
+           "training.analog.clip_sigma": "training.clip_sigma",  # before 0.5
            "recovery.qat": "recovery.qat.use"}

@@ -6,9 +6,11 @@ from __future__ import annotations
 from .schema_key import Key, converter_bits
 
 # the ablation's arms, in training order (`ablation.arms` defines them)
-ARM_NAMES = ("vanilla", "noise_injection", "noise_injection_analog", "noise_injection_compute",
-             "multiscale", "msnat_no_fi",
-             "msnat_no_fl", "msnat", "msnat_analog", "hwa", "hwa_compute")
+ARM_NAMES = ("vanilla", "vanilla_clipped", "noise_injection", "noise_injection_analog",
+             "noise_injection_compute", "multiscale", "msnat_no_fi", "msnat_no_fl", "msnat",
+             "msnat_analog", "hwa_chip", "msnat_hwa", "hwa", "hwa_compute")
+# the protocol whose validation accuracy at the drift times chooses recipes (ablation.tuning)
+CRITERION_PROTOCOL = "standard"
 
 
 def ablation_keys() -> dict[str, Key]:
@@ -28,6 +30,24 @@ def ablation_keys() -> dict[str, Key]:
                                     "(all but vanilla and HWA, whose lr is ablation.hwa.lr); "
                                     "null = training.lr, the from-scratch rate",
                                     minimum=0.0, above_minimum=True, nullable=True, kind=float),
+        "ablation.hwa_chip_lr": Key(None, "lr of arm hwa_chip (HWA's recipe on the chip's "
+                                    "forward, one model); null = ablation.hwa.lr",
+                                    minimum=0.0, above_minimum=True, nullable=True, kind=float),
+        "ablation.msnat_hwa_lr": Key(None, "lr of arm msnat_hwa (MSNAT on HWA's recipe); null "
+                                     "= ablation.hwa.lr", minimum=0.0, above_minimum=True,
+                                     nullable=True, kind=float),
+        "ablation.tuning": Key(False, "a tuning run: measure only what chooses recipes, the "
+                               f"validation split under '{CRITERION_PROTOCOL}' at each drift "
+                               "time (no test split, no n_w columns); the report gives each "
+                               "arm's criterion, the mean over the drift times"),
+        "ablation.primary_contrasts": Key("", "pre-registered primary contrasts, 'arm-arm' "
+                                          "comma-separated (e.g. 'msnat_hwa-hwa_chip,"
+                                          "msnat_hwa-hwa'); '' = none", kind=str),
+        "ablation.primary_endpoints": Key("", "pre-registered primary endpoints, '<protocol> "
+                                          "<column>' comma-separated, columns as the tables "
+                                          "title them (e.g. 'standard PCM 1y,realistic n_w "
+                                          "0.1'); each contrast is tested at each endpoint, "
+                                          "Holm-corrected over all of them", kind=str),
         "ablation.n_w_columns": Key([0.1, 0.2], "n_w values shown as columns of the ablation "
                                     "table (each must be in inference.n_w_sweep)", minimum=0.0),
         "ablation.reference": Key("hwa", "the arm every other arm is compared with in the "

@@ -98,7 +98,7 @@ class Evaluator:
     def evaluate_model(self, state: Mapping[str, torch.Tensor], r: int) -> dict[str, Any]:
         evaluation, data = self.exp.evaluation, self.data
         model = deployed_model(self.exp.model, data.shape, state,  # quantised with QAT
-                               self.exp.training.weight_bits)
+                               self.exp.training.weight_bits, evaluation.clip_sigma)
         batch = evaluation.batch_size
         result: dict[str, Any] = {"clean_acc": accuracy(model, data.test, batch),
                                   "val_acc": accuracy(model, data.val, batch)}

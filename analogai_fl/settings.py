@@ -29,7 +29,7 @@ from .recovery import Attack, Sam
 from .schema import CONF_KEY, DEFAULT_CONF, MAX_NOISE_LEVELS, PROTOCOLS, RERAM_DRIFT_TIMES
 from .settings_ablation import AblationSettings, HWASettings, ablation_settings, hwa_settings
 from .split_sizes import check_digits_splits
-from .training import Feedback, LocalTraining
+from .training import Feedback, LocalTraining, scheduled_lr
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class Evaluation:
     batch_size: int
     torch_device: str  # auto, cpu, cuda or cuda:N (`analog.torch_device` resolves it)
     one_pass: bool
+    clip_sigma: float  # the post-hoc clip before programming, in stds (`clip`; 0 = off)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class Experiment:
     feedback: bool  # feedback loops (training.use_neg)
     proximal_mu: float
     training: LocalTraining  # client 0's setting; `local_training` gives any client's
+    lr_schedule: str  # training.schedule: constant or cosine (`training.scheduled_lr`)
+    client_validation: bool  # clients measure their noisy validation accuracy each round
     act_sigmas: tuple[float, ...]  # per client, 0 = no activation noise
     strategy: StrategySettings
     evaluation: Evaluation
@@ -145,16 +148,19 @@ class Experiment:
         is about."""
         return self.proximal_mu if self.feedback or self.strategy.name == "fedprox" else 0.0
 
-    def local_training(self, noise_index: int, proximal_mu: float) -> LocalTraining:
-        """Client `noise_index`'s training setting: its sigma and activation noise, and with
+    def local_training(self, noise_index: int, proximal_mu: float, server_round: int = 1
+                       ) -> LocalTraining:
+        """Client `noise_index`'s training setting in round `server_round` (1-based): its
+        sigma and activation noise, the round's lr (`training.scheduled_lr`), and with
         `training.analog.out_noise_scales` its output noise out_noise * sigma_k / mean(sigma)
-        (unchanged where every sigma is 0)."""
+        (unchanged where every sigma is 0). ValueError for a round outside 1..rounds."""
         sigma, chip = self.noise_levels[noise_index], self.training.chip
         mean = statistics.fmean(self.noise_levels)
         if chip is not None and self.out_noise_scales and mean > 0:
             chip = dataclasses.replace(chip, out_noise=chip.out_noise * sigma / mean)
+        lr = scheduled_lr(self.training.lr, self.lr_schedule, server_round, self.rounds)
         return dataclasses.replace(self.training, sigma=sigma, proximal_mu=proximal_mu,
-                                   act_sigma=self.act_sigmas[noise_index], chip=chip)
+                                   act_sigma=self.act_sigmas[noise_index], chip=chip, lr=lr)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], typed_keys: Set[str] = frozenset()
@@ -181,6 +187,8 @@ class Experiment:
             data=data, noise_levels=sigmas, rounds=cfg["training.rounds"],
             local_epochs=training.epochs, fused=fused, feedback=feedback,
             proximal_mu=cfg["training.proximal_mu"], training=training,
+            lr_schedule=cfg["training.schedule"],
+            client_validation=cfg["training.client_validation"],
             act_sigmas=_act_sigmas(cfg, k_total),
             strategy=strategy, evaluation=evaluation, hwa=hwa_settings(cfg),
             ablation=ablation_settings(cfg, evaluation.n_w_sweep, sigmas),
@@ -278,7 +286,7 @@ def _training(cfg: Mapping[str, Any], sigma: float, feedback_on: bool) -> LocalT
         sam=Sam(cfg["recovery.optimizer.rho"], adaptive, cfg["recovery.optimizer.eta"])
         if use_sam or adaptive else None,
         attack=attack, chip=chip,
-        clip_sigma=cfg[a + "clip_sigma"] if chip is not None else 0.0,
+        clip_sigma=cfg["training.clip_sigma"],
         sigma_levels=tuple(cfg["training.sigma_levels"] or ()))
 
 
@@ -324,7 +332,7 @@ def _evaluation(cfg: Mapping[str, Any]) -> Evaluation:
         drift_times=times, repeats=cfg["inference.repeats"],
         n_w_sweep=tuple(cfg["inference.n_w_sweep"]), every=cfg["inference.every"],
         batch_size=cfg["inference.batch_size"], torch_device=_torch_device(cfg, chosen.tile),
-        one_pass=cfg["inference.one_pass"])
+        one_pass=cfg["inference.one_pass"], clip_sigma=cfg["inference.clip_sigma"])
 
 
 def _torch_device(cfg: Mapping[str, Any], tile: str) -> str:

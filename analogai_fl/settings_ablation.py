@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .reporting import drift_label
+from .schema import PROTOCOLS
+from .schema_ablation import ARM_NAMES
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class AblationSettings:
     validation: bool  # also measure the validation split
     n_w_columns: tuple[float, ...]  # n_w values shown as table columns
     reference: str  # the arm every other is compared with, paired by seed
+    hwa_chip_lr: float | None  # None: the HWA recipe's lr (HWASettings.lr)
+    msnat_hwa_lr: float | None
+    tuning: bool  # measure only the criterion (validation, CRITERION_PROTOCOL)
+    primary_contrasts: tuple[tuple[str, str], ...]  # (arm, minus arm), pre-registered
+    primary_endpoints: tuple[tuple[str, str], ...]  # (protocol, column title)
 
 
 def ablation_settings(cfg: Mapping[str, Any], n_w_sweep: Sequence[float],
@@ -59,11 +67,54 @@ def ablation_settings(cfg: Mapping[str, Any], n_w_sweep: Sequence[float],
         raise ConfigError("key 'ablation.finetune_lr' is the learning rate of fine-tuning: "
                           "it needs ablation.pretrained=true (or leave it null)")
     single = cfg["ablation.single_sigma"]
+    contrasts = _contrasts(cfg["ablation.primary_contrasts"])
+    endpoints = _endpoints(cfg["ablation.primary_endpoints"], cfg["inference.drift_times"],
+                           n_w_columns)
+    if bool(contrasts) != bool(endpoints):
+        raise ConfigError("keys 'ablation.primary_contrasts' and 'ablation.primary_endpoints' "
+                          "expect both to be set (each contrast is tested at each endpoint) "
+                          "or both ''")
     return AblationSettings(
         single_sigma=single if single is not None else statistics.median(sigmas),
         pretrained=cfg["ablation.pretrained"], finetune_lr=cfg["ablation.finetune_lr"],
         validation=cfg["ablation.validation"],
-        n_w_columns=n_w_columns, reference=cfg["ablation.reference"])
+        n_w_columns=n_w_columns, reference=cfg["ablation.reference"],
+        hwa_chip_lr=cfg["ablation.hwa_chip_lr"], msnat_hwa_lr=cfg["ablation.msnat_hwa_lr"],
+        tuning=cfg["ablation.tuning"], primary_contrasts=contrasts,
+        primary_endpoints=endpoints)
+
+
+def _contrasts(text: str) -> tuple[tuple[str, str], ...]:
+    """'a-b,c-d' as ((a, b), (c, d)); ConfigError naming the key for an unknown arm."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        arms = item.split("-")
+        if len(arms) != 2 or any(a.strip() not in ARM_NAMES for a in arms) or \
+                arms[0].strip() == arms[1].strip():
+            raise ConfigError(f"key 'ablation.primary_contrasts': '{item}' is not 'arm-arm' of "
+                              f"two different arms among {', '.join(ARM_NAMES)}")
+        out.append((arms[0].strip(), arms[1].strip()))
+    return tuple(out)
+
+
+def _endpoints(text: str, drift_times: Sequence[float], n_w_columns: Sequence[float]
+               ) -> tuple[tuple[str, str], ...]:
+    """'<protocol> <column>, ...' as ((protocol, column), ...), each column one the report
+    titles (`ablation.report`): ConfigError naming the key otherwise."""
+    first, last = drift_label(drift_times[0]), drift_label(drift_times[-1])
+    titles = (["clean"] + [f"PCM {drift_label(t)}" for t in drift_times]
+              + [f"n_w {v:g}" for v in n_w_columns]
+              + ([f"n_w {v:g} at {last}" for v in n_w_columns] if len(drift_times) > 1 else []))
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        protocol, _, column = item.partition(" ")
+        if protocol not in PROTOCOLS or column.strip() not in titles:
+            raise ConfigError(
+                f"key 'ablation.primary_endpoints': '{item}' is not '<protocol> <column>' with "
+                f"a protocol among {', '.join(PROTOCOLS)} and a column among "
+                f"{', '.join(titles)} (n_w columns at {first})")
+        out.append((protocol, column.strip()))
+    return tuple(out)
 
 
 def hwa_settings(cfg: Mapping[str, Any]) -> HWASettings:

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .chip_noise import ChipNoise, chip_forward, gaussian_clip_
+from .chip_noise import ChipNoise, chip_forward
+from .clip import gaussian_clip_
 from .noise import noisy_forward
 from .recovery import Attack, Sam, activation_effects, adversarial_example, sam_step
+from .schema import LR_SCHEDULES
 from .streams import generator, seed_for
 
 
@@ -49,8 +51,24 @@ class LocalTraining:
     sam: Sam | None = None
     attack: Attack | None = None
     chip: ChipNoise | None = None  # training.noise_model=analog: the chip's forward
-    clip_sigma: float = 0.0  # analog: LAYER_GAUSSIAN clip after every step (0 = off)
+    clip_sigma: float = 0.0  # LAYER_GAUSSIAN clip after every step, any noise model (0 = off)
     sigma_levels: tuple[float, ...] = ()  # sigma drawn per batch from these (() = sigma)
+
+
+def scheduled_lr(lr: float, schedule: str, server_round: int, rounds: int) -> float:
+    """The lr of round `server_round` (1-based) of `rounds`: `lr` itself with schedule
+    "constant"; with "cosine", lr * (1 + cos(pi * (r - 1) / R)) / 2, from `lr` in round 1
+    towards 0 (torch's `CosineAnnealingLR` with `T_max` = R and `eta_min` = 0, stepped once per
+    round, as aihwkit's HWA tutorial steps it once per epoch). A pure function of the round,
+    so a resumed run trains each round at the lr an uninterrupted run would. ValueError for
+    another schedule or a round outside 1..R."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule {schedule!r}: expected one of {LR_SCHEDULES}")
+    if not 1 <= server_round <= rounds:
+        raise ValueError(f"round {server_round} is outside 1..{rounds}")
+    if schedule == "constant":
+        return lr
+    return lr * (1 + math.cos(math.pi * (server_round - 1) / rounds)) / 2
 
 
 def noisy_pass(model: nn.Module, x: torch.Tensor, sigma: float, noise_c: float,

@@ -57,7 +57,7 @@ def train(msg: Message, context: Context) -> Message:
     model = model_for(exp.model, data.shape)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    setting = exp.local_training(index, float(sent["proximal-mu"]))
+    setting = exp.local_training(index, float(sent["proximal-mu"]), server_round)
     if setting.sigma != sigma:
         raise ValueError(f"noise level {index}: the message says sigma {sigma}, the config "
                          f"{setting.sigma}")
@@ -69,10 +69,12 @@ def train(msg: Message, context: Context) -> Message:
     except TrainingDiverged as err:  # the server names the round and client and stops
         return Message(content=RecordDict({"metrics": labels, DIVERGED: ConfigRecord(
             {"reason": str(err)})}), reply_to=msg)
-    noise_gen = generator(exp.seed, "client-evaluation", server_round, index, device=device)
-    metrics["val_acc_noisy"] = accuracy(model, data.val, exp.evaluation.batch_size, device,
-                                        sigma, setting.noise_c, noise_gen, setting.weight_bits,
-                                        setting.chip)
+    metrics["lr"] = setting.lr  # this round's (training.schedule)
+    if exp.client_validation:
+        noise_gen = generator(exp.seed, "client-evaluation", server_round, index, device=device)
+        metrics["val_acc_noisy"] = accuracy(model, data.val, exp.evaluation.batch_size, device,
+                                            sigma, setting.noise_c, noise_gen,
+                                            setting.weight_bits, setting.chip)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     reply = RecordDict({"arrays": ArrayRecord(state),
                         "metrics": MetricRecord(metrics | dict(labels))})

@@ -9,8 +9,9 @@ import pytest
 import torch
 from helpers import local_training
 
-from analogai_fl import ablation, ablation_folder, config, schema
-from analogai_fl.errors import ConfigError
+from analogai_fl import ablation, config, schema
+from analogai_fl.ablation import folder as ablation_folder
+from analogai_fl.errors import ArmFailed, ConfigError
 from analogai_fl.flwr_cli import flwr_env, stop_local_superlink
 from analogai_fl.noise import noisy_forward
 from analogai_fl.settings import Experiment, load
@@ -60,7 +61,7 @@ def test_one_run_config_of_the_k_sigmas_serves_every_arm(tmp_path):
             name, arm, exp, sigmas, 1, tmp_path))
         all_levels = [0.02, 0.04, 0.06, 0.08, 0.1]
         expected = [0.0] if name == "vanilla" else [0.06] if name.startswith(
-            "noise_injection") or name == "multiscale" else all_levels
+            "noise_injection") or name in ("multiscale", "hwa_chip") else all_levels
         assert list(run.noise_levels) == pytest.approx(expected), name
         drawn = list(run.training.sigma_levels)
         assert drawn == (pytest.approx(all_levels) if name == "multiscale" else []), name
@@ -68,9 +69,13 @@ def test_one_run_config_of_the_k_sigmas_serves_every_arm(tmp_path):
 
 def test_finetune_lr_is_the_lr_of_every_arm_that_fine_tunes_the_vanilla_model(tmp_path):
     """ablation.finetune_lr: every flwr arm but vanilla trains at it (vanilla, the
-    pre-training, keeps training.lr); null keeps training.lr everywhere; without
-    ablation.pretrained it is refused, naming the key."""
-    given = {"ablation.pretrained": True, "ablation.finetune_lr": 1e-4, "training.lr": 2e-3}
+    pre-training, keeps training.lr) except the recipe arms, which train at their own lr
+    (ablation.hwa_chip_lr, ablation.msnat_hwa_lr; null: ablation.hwa.lr) whatever
+    finetune_lr says; null keeps training.lr everywhere; without ablation.pretrained it is
+    refused, naming the key."""
+    given = {"ablation.pretrained": True, "ablation.finetune_lr": 1e-4, "training.lr": 2e-3,
+             "ablation.hwa.lr": 0.007, "ablation.msnat_hwa_lr": 0.003}
+    own = {"hwa_chip": 0.007, "msnat_hwa": 0.003}
     for finetune, expected in ((1e-4, 1e-4), (None, 2e-3)):
         overrides = given | {"ablation.finetune_lr": finetune}
         exp = load(overrides)
@@ -78,7 +83,8 @@ def test_finetune_lr_is_the_lr_of_every_arm_that_fine_tunes_the_vanilla_model(tm
             if arm.kind != "flwr":
                 continue
             run = load(ablation.arm_run_config(name, arm, exp, overrides, 1, tmp_path))
-            assert run.training.lr == (2e-3 if name == "vanilla" else expected), name
+            want = 2e-3 if name == "vanilla" else own.get(name, expected)
+            assert run.training.lr == want, name
     with pytest.raises(ConfigError, match="ablation.finetune_lr.*ablation.pretrained=true"):
         load({"ablation.finetune_lr": 1e-4})
 
@@ -532,7 +538,7 @@ def test_a_damaged_hwa_checkpoint_is_named_and_its_advice_works_when_followed(tm
     damaged = ablation_folder.hwa_checkpoint(tmp_path, "hwa", 1)
     damaged.parent.mkdir(parents=True, exist_ok=True)
     damaged.write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(ablation.ArmFailed) as failed:
+    with pytest.raises(ArmFailed) as failed:
         ablation.run_ablation(exp, HWA_FAST, tmp_path, [0, 1], ["hwa"],
                               progress=lambda _: None)
     message = str(failed.value)

@@ -1,4 +1,4 @@
-"""Reports (`analogai_fl.reporting`, `analogai_fl.ablation_report`): drift labels, the
+"""Reports (`analogai_fl.reporting`, `analogai_fl.ablation.report`): drift labels, the
 ablation's tables and curves, its paired comparisons, normalised accuracy and collapsed arms."""
 
 import pytest
@@ -24,7 +24,7 @@ def _row(arm, seed, acc):
 
 
 def test_the_table_gives_each_method_its_seed_count_and_spread():
-    from analogai_fl.ablation_report import ablation_markdown
+    from analogai_fl.ablation.report import ablation_markdown
     rows = [_row("a", 1, 0.80), _row("a", 2, 0.90), _row("b", 1, 0.70)]
     md = ablation_markdown(rows, [0.1])
     tables = [part for part in md.split("\n\n") if part.startswith("| method")]
@@ -37,7 +37,7 @@ def test_the_table_gives_each_method_its_seed_count_and_spread():
 
 
 def test_the_validation_table_shows_the_n_w_columns_when_measured():
-    from analogai_fl.ablation_report import ablation_markdown
+    from analogai_fl.ablation.report import ablation_markdown
     old = [_row("a", 1, 0.80)]  # a row written before validation measured n_w
     new = [_row("a", 1, 0.80)]
     for name in schema.PROTOCOLS:
@@ -48,7 +48,7 @@ def test_the_validation_table_shows_the_n_w_columns_when_measured():
 
 
 def test_the_plotted_curve_is_the_mean_over_seeds_with_their_spread():
-    from analogai_fl.ablation_report import seed_curve
+    from analogai_fl.ablation.report import seed_curve
     xs, ys, spread = seed_curve([_row("a", 1, 0.80), _row("a", 2, 0.90)], "realistic", "drift")
     assert xs == [1.0] and ys == pytest.approx([85.0])
     assert spread == pytest.approx([7.0711], abs=1e-3)  # sample std of 80 and 90
@@ -57,7 +57,7 @@ def test_the_plotted_curve_is_the_mean_over_seeds_with_their_spread():
 
 
 def test_each_seed_note_is_listed_once_with_its_seeds():
-    from analogai_fl.ablation_report import ablation_markdown
+    from analogai_fl.ablation.report import ablation_markdown
     rows = [_row("a", seed, 0.8) | {"note": f"best of K=5 by validation: sigma {sigma}"}
             for seed, sigma in ((1, 0.04), (2, 0.02), (3, 0.04))]
     md = ablation_markdown(rows, [0.1])
@@ -76,7 +76,7 @@ def _scaled(arm, seed, acc, realistic_1s):
 
 
 def test_arms_are_compared_with_the_reference_by_paired_per_seed_differences():
-    from analogai_fl.ablation_report import paired_markdown
+    from analogai_fl.ablation.report import paired_markdown
     # per seed, b - hwa at realistic 1s: +1, +2, +3 points: a win; the seed-to-seed spread
     # of either arm (10 points) is far larger than the lead, but the pairs are consistent
     rows = [_scaled("hwa", s, 0.8, 0.60 + 0.10 * s) for s in (1, 2, 3)] + \
@@ -96,7 +96,7 @@ def test_arms_are_compared_with_the_reference_by_paired_per_seed_differences():
 
 
 def test_a_consistent_lead_is_a_win_and_a_consistent_deficit_a_loss():
-    from analogai_fl.ablation_report import paired_markdown
+    from analogai_fl.ablation.report import paired_markdown
     rows = [_scaled("hwa", s, 0.8, 0.60 + 0.10 * s) for s in (1, 2, 3, 4, 5)] + \
            [_scaled("b", s, 0.8, 0.62 + 0.10 * s + 0.001 * s) for s in (1, 2, 3, 4, 5)] + \
            [_scaled("c", s, 0.8, 0.57 + 0.10 * s - 0.001 * s) for s in (1, 2, 3, 4, 5)]
@@ -107,13 +107,13 @@ def test_a_consistent_lead_is_a_win_and_a_consistent_deficit_a_loss():
 
 
 def test_without_the_reference_arm_no_comparison_is_made():
-    from analogai_fl.ablation_report import ablation_markdown
+    from analogai_fl.ablation.report import ablation_markdown
     md = ablation_markdown([_row("a", 1, 0.8), _row("vanilla", 1, 0.9)], [0.1], "hwa")
     assert "the reference arm 'hwa' (`ablation.reference`) is not in this folder" in md
 
 
 def test_normalised_accuracy_is_relative_to_the_vanilla_arm_of_the_same_seed():
-    from analogai_fl.ablation_report import normalised_rows
+    from analogai_fl.ablation.report import normalised_rows
     rows = [_row("vanilla", 1, 0.9), _row("a", 1, 0.5), _row("a", 2, 0.5)]
     table = normalised_rows(rows, ["1s"], [0.1])
     assert [(t["arm"], t["seed"]) for t in table] == [("vanilla", 1), ("a", 1)]  # seed 2:
@@ -127,7 +127,7 @@ def test_normalised_accuracy_is_relative_to_the_vanilla_arm_of_the_same_seed():
 def test_a_collapsed_seed_is_flagged_and_left_out_of_the_pairs():
     """A collapsed model is flagged in every table, and its seed is left out of that arm's
     paired differences (said in the row's title): the other seeds are still compared."""
-    from analogai_fl.ablation_report import ablation_markdown, paired_markdown
+    from analogai_fl.ablation.report import ablation_markdown, paired_markdown
     rows = [_row("hwa", s, 0.8) for s in (1, 2, 3)] + \
         [_row("b", 1, 0.11), _row("b", 2, 0.85), _row("b", 3, 0.86)]
     md = ablation_markdown(rows, [0.1], "hwa")
@@ -148,7 +148,7 @@ def test_a_collapsed_arm_is_not_compared_in_the_csv_nor_normalised_and_plots_say
     table (A is undefined against a chance-level digital model) nor enters it."""
     import csv
 
-    from analogai_fl.ablation_report import normalised_markdown, write_ablation
+    from analogai_fl.ablation.report import normalised_markdown, write_ablation
     rows = [_row("hwa", 1, 0.10), _row("hwa", 2, 0.8)] + \
         [_row("b", s, 0.9) for s in (1, 2)] + [_row("vanilla", 1, 0.10), _row("vanilla", 2, 0.9)]
     write_ablation(rows, [0.1], tmp_path, "hwa")
@@ -166,7 +166,7 @@ def test_a_collapsed_arm_is_not_compared_in_the_csv_nor_normalised_and_plots_say
 def test_the_paired_csv_has_a_line_per_protocol_column_and_arm(tmp_path):
     import csv
 
-    from analogai_fl.ablation_report import write_ablation
+    from analogai_fl.ablation.report import write_ablation
     rows = [_row("hwa", s, 0.8) for s in (1, 2)] + [_row("b", s, 0.9) for s in (1, 2)]
     write_ablation(rows, [0.1], tmp_path, "hwa")
     lines = list(csv.DictReader((tmp_path / "paired.csv").read_text().splitlines()))
@@ -180,7 +180,7 @@ def test_the_paired_csv_has_a_line_per_protocol_column_and_arm(tmp_path):
 def test_n_w_after_drift_is_a_column_of_every_table_when_measured(tmp_path):
     import csv
 
-    from analogai_fl.ablation_report import ablation_markdown, write_ablation
+    from analogai_fl.ablation.report import ablation_markdown, write_ablation
     rows = [_row("hwa", s, 0.8) for s in (1, 2)] + [_row("b", s, 0.9) for s in (1, 2)]
     for r in rows:  # n_w 0.1 at 1 y: 10 points below, for every arm
         late = {"mean": r["clean"] - 0.1, "std": 0.0, "seconds": 31536000.0}

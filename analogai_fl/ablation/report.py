@@ -13,15 +13,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .comparison import (
+from ..comparison import (
     Paired,
     collapse_reason,
     comparison_count,
     normalised_accuracy,
     paired_difference,
 )
-from .reporting import drift_label, pyplot, spread
-from .schema import PROTOCOLS
+from ..reporting import drift_label, pyplot, spread
+from ..schema import PROTOCOLS
+from ..schema_ablation import CRITERION_PROTOCOL
 
 
 def _flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[f
 
     labels = list(rows[0]["protocols"]["realistic"]["drift"])
     selected = n_w_columns
-    columns = _columns(rows, labels, selected)[1:]
+    columns = test_columns(rows, labels, selected)[1:]
     parts = []
     for name in PROTOCOLS:
         head = ["method", "seeds", "clean", *[title for title, _ in columns], "sample passes",
@@ -80,7 +81,8 @@ def ablation_markdown(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[f
         for arm in methods:
             mine = [r for r in rows if r["arm"] == arm]
             cells = [title(arm), str(len(mine)), spread([r["clean"] for r in mine])]
-            cells += [spread([_value(r, name, column) for r in mine]) for _, column in columns]
+            cells += [spread([column_value(r, name, column) for r in mine])
+                      for _, column in columns]
             cells += [f"{statistics.fmean(r['sample_passes'] for r in mine):.3g}",
                       f"{statistics.fmean(r['wall_seconds'] for r in mine):.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -131,7 +133,7 @@ def _late_label(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[float])
     return drift_label(late[0]["seconds"]) if late else None
 
 
-def _columns(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
+def test_columns(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
              n_w_columns: Sequence[float]) -> list[tuple[str, Any]]:
     """The test columns compared: (title, row -> fraction under a protocol's results)."""
     late = _late_label(rows, n_w_columns)
@@ -140,7 +142,7 @@ def _columns(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
         ([(f"n_w {v:g} at {late}", ("n_w_late", v)) for v in n_w_columns] if late else [])
 
 
-def _value(row: Mapping[str, Any], protocol: str, column: Any) -> float:
+def column_value(row: Mapping[str, Any], protocol: str, column: Any) -> float:
     if column is None:
         return row["clean"]
     kind, key = column
@@ -152,7 +154,7 @@ def _paired(rows: Sequence[Mapping[str, Any]], arm: str, reference: str, protoco
     """`arm` - `reference` in one column under `protocol`, paired by seed over the seeds
     not in `gone` (theirs: `left_out`); None when no seed is left."""
     def by_seed(name: str) -> dict[int, float]:
-        return {r["seed"]: _value(r, protocol, column) for r in rows
+        return {r["seed"]: column_value(r, protocol, column) for r in rows
                 if r["arm"] == name and r["seed"] not in gone}
 
     mine, theirs = by_seed(arm), by_seed(reference)
@@ -178,7 +180,7 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
     if reference not in arms:
         return (f"**Paired differences**: none; the reference arm '{reference}' "
                 "(`ablation.reference`) is not in this folder.")
-    columns = _columns(rows, labels, n_w_columns)
+    columns = test_columns(rows, labels, n_w_columns)
     count = comparison_count(len(arms), len(columns), len(PROTOCOLS))
     head = ["arm - " + method[reference], *[title for title, _ in columns]]
     parts = [f"**Paired differences against {method[reference]}** (test, points: the arm "
@@ -216,8 +218,8 @@ def normalised_rows(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
         if r["seed"] not in vanilla or collapse_reason(r):
             continue
         values = {f"{name} {title}": normalised_accuracy(
-            _value(r, name, column), vanilla[r["seed"]], r.get("num_classes", 10))
-            for name in PROTOCOLS for title, column in _columns(rows, labels, n_w_columns)[1:]}
+            column_value(r, name, column), vanilla[r["seed"]], r.get("num_classes", 10))
+            for name in PROTOCOLS for title, column in test_columns(rows, labels, n_w_columns)[1:]}
         out.append({"arm": r["arm"], "method": r["method"], "seed": r["seed"], **values})
     return out
 
@@ -256,7 +258,7 @@ def write_paired_csv(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
         if reference not in {r["arm"] for r in rows}:
             return
         for name in PROTOCOLS:
-            for title, column in _columns(rows, labels, n_w_columns):
+            for title, column in test_columns(rows, labels, n_w_columns):
                 for arm in arms:  # as in the markdown table: collapsed seeds left out
                     seeds = left_out(rows, arm, reference)
                     gone = " ".join(map(str, seeds))
@@ -270,18 +272,73 @@ def write_paired_csv(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
 
 
 def write_ablation(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[float],
-                   out: Path, reference: str = "hwa") -> None:
-    """results.csv, results.md (`n_w_columns`: the n_w values shown), paired.csv (against
-    the `reference` arm) and the plots."""
+                   out: Path, reference: str = "hwa", lead: str = "") -> None:
+    """results.csv, results.md (`n_w_columns`: the n_w values shown; `lead`, markdown, at
+    its top), paired.csv (against the `reference` arm) and the plots. Rows of a tuning run
+    (`ablation.tuning`) give results.md's criterion table and results.csv only
+    (`write_tuning`)."""
+    if any(r.get("tuning") for r in rows):
+        write_tuning(rows, out)
+        return
     flat = [_flat_row(r) for r in rows]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(flat[0]))
         writer.writeheader()
         writer.writerows(flat)
-    (out / "results.md").write_text(ablation_markdown(rows, n_w_columns, reference))
+    (out / "results.md").write_text((lead + "\n\n" if lead else "")
+                                    + ablation_markdown(rows, n_w_columns, reference))
     labels = list(rows[0]["protocols"]["realistic"]["drift"])
     write_paired_csv(rows, labels, n_w_columns, reference, out / "paired.csv")
     plot_ablation(rows, out)
+
+
+def criterion(row: Mapping[str, Any]) -> float:
+    """A tuning row's selection criterion: the mean of its validation accuracies under
+    `CRITERION_PROTOCOL` over the drift times measured (a fraction)."""
+    drift = row["val"]["protocols"][CRITERION_PROTOCOL]["drift"]
+    return statistics.fmean(v["mean"] for v in drift.values())
+
+
+def tuning_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The tuning table: per arm, mean ± std over seeds of the validation clean accuracy,
+    of each drift time under `CRITERION_PROTOCOL` and of the criterion, each seed's
+    criterion, sample passes and wall time. Percent."""
+    labels = list(rows[0]["val"]["protocols"][CRITERION_PROTOCOL]["drift"])
+    head = ["method", "seeds", "val clean", *[f"{CRITERION_PROTOCOL} {x}" for x in labels],
+            "criterion", "per seed", "sample passes", "wall s"]
+    lines = [f"**Tuning** (validation accuracy %; criterion: the mean over {', '.join(labels)}"
+             f" under `{CRITERION_PROTOCOL}`; mean ± std over seeds; no test figure is "
+             "measured)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        mine = [r for r in rows if r["arm"] == arm]
+        drift = [r["val"]["protocols"][CRITERION_PROTOCOL]["drift"] for r in mine]
+        flagged = [r["seed"] for r in mine if collapse_reason(r)]
+        lines.append("| " + " | ".join([
+            mine[0]["method"] + (f" COLLAPSED (seed {flagged})" if flagged else ""),
+            str(len(mine)), spread([r["val"]["clean"] for r in mine]),
+            *[spread([d[x]["mean"] for d in drift]) for x in labels],
+            spread([criterion(r) for r in mine]),
+            ", ".join(f"{r['seed']}: {100 * criterion(r):.2f}" for r in mine),
+            f"{statistics.fmean(r['sample_passes'] for r in mine):.3g}",
+            f"{statistics.fmean(r['wall_seconds'] for r in mine):.0f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tuning(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
+    """results.md (`tuning_markdown`) and results.csv (one line per row: its criterion and
+    validation accuracies, fractions) of a tuning run."""
+    (out / "results.md").write_text(tuning_markdown(rows))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        labels = list(rows[0]["val"]["protocols"][CRITERION_PROTOCOL]["drift"])
+        writer.writerow(["arm", "method", "seed", "criterion", "val_clean",
+                         *[f"val_{CRITERION_PROTOCOL}_pcm_{x}_mean" for x in labels],
+                         "sample_passes", "wall_seconds", "collapsed"])
+        for r in rows:
+            drift = r["val"]["protocols"][CRITERION_PROTOCOL]["drift"]
+            writer.writerow([r["arm"], r["method"], r["seed"], criterion(r), r["val"]["clean"],
+                             *[drift[x]["mean"] for x in labels], r["sample_passes"],
+                             r["wall_seconds"], collapse_reason(r) or ""])
 
 
 def seed_curve(rows: Sequence[Mapping[str, Any]], protocol: str, kind: str

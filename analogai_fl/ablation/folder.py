@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import defaults
-from .errors import ConfigError
-from .outputs import RunFolder, append_jsonl, read_jsonl
-from .schema import CONF_KEY
-from .settings import Experiment
+from ..config import defaults
+from ..errors import ConfigError
+from ..outputs import RunFolder, append_jsonl, read_jsonl
+from ..schema import CONF_KEY
+from ..settings import Experiment
 
 MODELS_DIR = "models"  # every arm's final model: <arm>-seed<seed>.pt, a plain state_dict
 RUNS_DIR = "runs"  # the flwr arms' run folders, the HWA arms' epoch checkpoints
@@ -134,7 +134,7 @@ def finished_rows(exp: Experiment, out: Path, warn: Callable[[str], None] = prin
                           f"({shown}); {advice}")
     rows = read_jsonl(out / ROWS_FILE, warn)
     for row in rows:  # JSON keys are strings; the n_w sweep is keyed by float
-        for results in [*row["protocols"].values(),
+        for results in [*row.get("protocols", {}).values(),  # a tuning row has none
                         *row.get("val", {}).get("protocols", {}).values()]:
             for kind in ("n_w", "n_w_late"):  # older folders lack some
                 if kind in results:
