@@ -1,6 +1,7 @@
 """The ablation command: arms that really differ, one shared evaluation, result files."""
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -89,6 +90,46 @@ def test_finetune_lr_is_the_lr_of_every_arm_that_fine_tunes_the_vanilla_model(tm
         load({"ablation.finetune_lr": 1e-4})
 
 
+def test_the_recipe_arms_train_with_hwas_recipe_at_equal_passes_and_mean_noise(digits):
+    """hwa_chip and msnat_hwa: the chip's forward with HWA's clip, SGD momentum and weight
+    decay, cosine schedule, batch, output noise and converters (`ablation.hwa.*`), no
+    feedback loops and no proximal term, uniform fusion; hwa_chip one model at HWA's
+    modifier std on the whole split, msnat_hwa the K levels on iid shards: the same sample
+    passes per round and the same mean sigma. HWA without its clip trains them unclipped."""
+    from analogai_fl.partitions import describe_partition
+
+    overrides = {"ablation.hwa.clip_sigma": 2.0, "ablation.hwa.momentum": 0.8,
+                 "ablation.hwa.out_noise": 0.03, "ablation.hwa.lr": 0.004,
+                 **{f"recovery.noise_{k}.act_inject.sigma": 0.02 * (k + 1) for k in range(5)}}
+    exp = load(overrides)
+    runs = {name: load(ablation.arm_run_config(name, ablation.arms(exp)[name], exp,
+                                               overrides, 1, Path("/nowhere")))
+            for name in ("hwa_chip", "msnat_hwa")}
+    for name, run in runs.items():
+        setting = run.local_training(0, run.client_mu(), 2)
+        assert (setting.optimizer, setting.momentum, setting.weight_decay) == ("sgd", 0.8, 5e-4)
+        assert setting.clip_sigma == 2.0 and setting.chip.out_noise == 0.03, name
+        assert setting.chip.dac_bits == setting.chip.adc_bits == 8
+        assert run.lr_schedule == "cosine" and setting.lr < run.training.lr == 0.004
+        assert setting.feedback is None and run.client_mu() == 0.0 and run.fused
+        assert run.strategy.weighting == "uniform" and setting.batch_size == 64
+    assert runs["hwa_chip"].noise_levels == (0.06,)
+    assert runs["hwa_chip"].data.partition == "full"
+    assert runs["msnat_hwa"].data.partition == "iid"
+    assert sum(runs["msnat_hwa"].noise_levels) / 5 == pytest.approx(0.06)
+
+    def passes(run):
+        data = dataclasses.replace(run.data, name="digits")
+        shares = describe_partition(digits, data)
+        return sum(c["examples"] for c in shares) * passes_per_example(run.training)
+
+    assert passes(runs["hwa_chip"]) == passes(runs["msnat_hwa"])
+    unclipped = load(overrides | {"ablation.hwa.clip_type": "none"})
+    arm = ablation.arms(unclipped)["msnat_hwa"]
+    assert load(ablation.arm_run_config("msnat_hwa", arm, unclipped, overrides, 1,
+                                        Path("/nowhere"))).training.clip_sigma == 0.0
+
+
 @pytest.mark.parametrize("partition", ["full", "iid"])
 def test_the_compute_controls_spend_msnats_sample_passes_on_one_model(digits, partition):
     """Sample passes of one round (examples of every client's share x epochs x passes per
@@ -154,6 +195,11 @@ def test_unknown_arm_and_missing_baseline_are_refused(tmp_path):
         ablation.run_ablation(cfg, {}, tmp_path, [0], ["nope"])
     with pytest.raises(ValueError, match="'hwa_compute' needs the 'msnat' arm"):
         ablation.run_ablation(cfg, {}, tmp_path, [0], ["hwa_compute"])
+
+
+TINY = {"training.rounds": 1, "training.client_num_in_total": 2, "inference.repeats": 1,
+        "inference.drift_times": [1.0, 86400.0], "inference.n_w_sweep": [0.0, 0.2],
+        "ablation.n_w_columns": [0.2]}  # the settings of `tiny_ablation`
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +310,56 @@ def test_an_interrupted_ablation_continues_where_it_stopped(tiny_ablation, tmp_p
             for label, entry in result["drift"].items():  # C++ tile: unseeded read noise
                 assert entry["mean"] == pytest.approx(old[name]["drift"][label]["mean"],
                                                       abs=0.06)
+
+
+@pytest.mark.e2e
+def test_the_clipped_arm_and_the_primary_tests_join_a_finished_folder(tiny_ablation,
+                                                                      tmp_path, capsys):
+    """vanilla_clipped is vanilla's saved model clipped once at HWA's clip, no training (its
+    sample passes are vanilla's), evaluated like every arm; its saved model is the clipped
+    one, and `infer` on it gives its row. The pre-registration keys only change the report:
+    given on a finished folder they lead results.md with the primary tests and write
+    primary.csv, and nothing is trained again."""
+    from analogai_fl.cli import main
+    from analogai_fl.clip import gaussian_clip_
+    from analogai_fl.models import build_model
+
+    done, _ = tiny_ablation
+    out = tmp_path / "ablation"
+    shutil.copytree(done, out)
+    overrides = TINY | {"ablation.primary_contrasts": "msnat-hwa,msnat-vanilla_clipped",
+                        "ablation.primary_endpoints": "realistic PCM 1d,standard n_w 0.2"}
+    said = []
+    rows = ablation.run_ablation(load(overrides), overrides, out, [3],
+                                 ["vanilla", "vanilla_clipped", "msnat", "hwa"],
+                                 progress=said.append)
+    assert [s for s in said if "] training" in s] == [
+        "[seed 3] training vanilla, clipped once at 2.5 std (no training) from the vanilla "
+        "model ..."]
+    by_arm = {r["arm"]: r for r in rows}
+    clipped, vanilla = by_arm["vanilla_clipped"], by_arm["vanilla"]
+    assert clipped["sample_passes"] == vanilla["sample_passes"] and "clipped" in clipped["note"]
+    model = build_model("lenet", 1, 10, 32)
+    model.load_state_dict(torch.load(ablation_folder.model_path(out, "vanilla", 3)))
+    saved = torch.load(ablation_folder.model_path(out, "vanilla_clipped", 3))
+    assert all(torch.equal(saved[k], v) for k, v in gaussian_clip_(model, 2.5)
+               .state_dict().items())
+    md = (out / "results.md").read_text()
+    assert md.startswith("**Pre-registered primary tests** (4 tests")
+    assert "| MSNAT − vanilla, clipped once at 2.5 std (no training) | `realistic` PCM 1d | 3 |" \
+        in md  # one seed: no interval, no test
+    assert len((out / "primary.csv").read_text().splitlines()) == 1 + 2 * 4
+    (config_of,) = (out / "runs").glob("vanilla-seed3-*/config.yaml")
+    capsys.readouterr()
+    assert main(["infer", str(ablation_folder.model_path(out, "vanilla_clipped", 3)),
+                 "--conf", str(config_of), "--no-sweep", "--out", str(tmp_path / "infer"),
+                 "--run-config", "inference.drift_times='1,86400' inference.repeats=1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{100 * clipped['clean']:.1f}" in printed and "max|W|/rms(W)" in printed
+    with open(tmp_path / "infer" / "drift.csv") as f:
+        drift = {r["drift"]: float(r["mean"]) for r in csv.DictReader(f)}
+    assert drift == pytest.approx({label: v["mean"] for label, v in
+                                   clipped["protocols"]["realistic"]["drift"].items()}, abs=1e-9)
 
 
 @pytest.mark.e2e

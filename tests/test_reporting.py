@@ -197,3 +197,89 @@ def test_n_w_after_drift_is_a_column_of_every_table_when_measured(tmp_path):
     assert len(lines) == len(schema.PROTOCOLS) * 4
     results = list(csv.DictReader((tmp_path / "results.csv").read_text().splitlines()))
     assert float(results[0]["standard_n_w_0.1_1y_mean"]) == pytest.approx(0.7)
+
+
+def test_holm_adjusts_p_values_step_down_by_hand():
+    """Holm 1979 on four p-values: sorted 0.005, 0.01, 0.03, 0.04 get 4x, 3x, 2x, 1x, each at
+    least the one before: 0.02, 0.03, 0.06, 0.06 (the last raised to its predecessor)."""
+    from analogai_fl.comparison import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+
+
+def test_the_paired_t_test_p_value_matches_scipys_and_a_constant_shift():
+    from scipy import stats
+
+    from analogai_fl.comparison import paired_difference
+
+    arm, ref = {1: 0.5, 2: 0.62, 3: 0.55}, {1: 0.4, 2: 0.45, 3: 0.5}
+    p = paired_difference(arm, ref).p
+    assert p == pytest.approx(stats.ttest_rel([0.5, 0.62, 0.55], [0.4, 0.45, 0.5]).pvalue)
+    assert paired_difference({1: 0.6, 2: 0.7}, {1: 0.5, 2: 0.6}).p == 0.0  # every seed +0.1
+    assert paired_difference({1: 0.6}, {1: 0.5}).p is None  # one seed: no test
+
+
+def test_the_primary_tests_are_holm_corrected_with_and_without_a_collapsed_seed(tmp_path):
+    """Two contrasts x two endpoints = 4 tests: each a paired t-test over the seeds, adjusted
+    by Holm over the 4; a collapsed seed (clean at chance) stays in the intention-to-treat
+    analysis and is left out of the sensitivity analysis, which the table shows too."""
+    from analogai_fl.ablation.primary import primary_markdown, primary_tests, write_primary_csv
+    from analogai_fl.comparison import holm, paired_difference
+
+    gains = {1: 0.02, 2: 0.03, 3: 0.025, 4: 0.035}
+    rows = [_row("base", s, 0.80) for s in gains]
+    rows += [_row("fused", s, 0.80 + g) for s, g in gains.items()]
+    rows += [_row("one", s, 0.80 + (0.01 if s != 4 else -0.7)) for s in gains]  # 4 collapses
+    for r in rows:
+        r["protocols"]["realistic"] = dict(r["protocols"]["realistic"],
+                                           drift={"1s": {"mean": r["clean"] - 0.01,
+                                                         "std": 0.0, "seconds": 1.0}})
+    contrasts = [("fused", "base"), ("fused", "one")]
+    endpoints = [("standard", "PCM 1s"), ("realistic", "PCM 1s")]
+    tests = primary_tests(rows, contrasts, endpoints, [0.1])
+    assert [(t["arm"], t["minus"], t["protocol"]) for t in tests] == [
+        ("fused", "base", "standard"), ("fused", "base", "realistic"),
+        ("fused", "one", "standard"), ("fused", "one", "realistic")]
+    fused = {s: 0.80 + g for s, g in gains.items()}
+    expected = [paired_difference(fused, {s: 0.80 for s in gains}),
+                paired_difference(fused, {s: 0.80 + (0.01 if s != 4 else -0.7) for s in gains})]
+    raw = [expected[0].p, expected[0].p, expected[1].p, expected[1].p]
+    assert [t["paired"].p for t in tests] == pytest.approx(raw)
+    assert [t["holm_p"] for t in tests] == pytest.approx(holm(raw))
+    assert tests[0]["paired"].seeds == (1, 2, 3, 4) and tests[0]["holm_p"] < 0.05
+    without = primary_tests(rows, contrasts, endpoints, [0.1], without_collapsed=True)
+    assert without[2]["paired"].seeds == (1, 2, 3) and without[2]["left_out"] == [4]
+    md = primary_markdown(rows, contrasts, endpoints, [0.1])
+    assert "4 tests" in md and "Intention to treat" in md and "Without the collapsed" in md
+    assert "| FUSED − BASE | `standard` PCM 1s | 1,2,3,4 | +2.8 [" in md
+    assert "| fused better |" in md
+    write_primary_csv(rows, contrasts, endpoints, [0.1], tmp_path / "primary.csv")
+    lines = (tmp_path / "primary.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 * 4 and lines[-1].endswith(",4")
+    missing = primary_markdown(rows, [("fused", "hwa")], endpoints, [0.1])
+    assert "not yet" in missing and "hwa" in missing
+
+
+def test_a_tuning_run_reports_only_the_validation_criterion(tmp_path):
+    """ablation.tuning rows hold the validation split under the criterion's protocol only:
+    the report gives each arm's criterion (the mean over the drift times), per seed and
+    over seeds, and writes no test table."""
+    from analogai_fl.ablation.report import criterion, write_ablation
+
+    def tuning_row(arm, seed, accs):
+        drift = {label: {"mean": a, "std": 0.0, "seconds": s} for (label, s), a in zip(
+            (("1h", 3600.0), ("1d", 86400.0), ("1y", 31536000.0)), accs, strict=True)}
+        return {"arm": arm, "method": arm.upper(), "seed": seed, "epochs": 1, "note": "",
+                "sample_passes": 10, "wall_seconds": 1.0, "tuning": True, "num_classes": 10,
+                "val": {"clean": 0.9, "protocols": {"standard": {"drift": drift}}}}
+
+    rows = [tuning_row("a", 2024, (0.9, 0.8, 0.7)), tuning_row("a", 2025, (0.8, 0.8, 0.8))]
+    assert criterion(rows[0]) == pytest.approx(0.8)
+    write_ablation(rows, [0.1], tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "| A | 2 | 90.0 ± 0.0 | 85.0 ± 7.1 | 80.0 ± 0.0 | 75.0 ± 7.1 | 80.0 ± 0.0 | " \
+           "2024: 80.00, 2025: 80.00 |" in md
+    assert "Protocol" not in md and not (tmp_path / "paired.csv").exists()
+    assert "criterion" in (tmp_path / "results.csv").read_text().splitlines()[0]

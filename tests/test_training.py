@@ -239,11 +239,14 @@ def test_sigma_levels_draw_each_batchs_sigma_from_the_list(digits):
         assert not torch.allclose(both, trained_weights(digits, sigma=alone), atol=1e-4)
 
 
-def test_the_gaussian_clip_bounds_every_layer_after_each_step(digits):
+@pytest.mark.parametrize("noise", [{"chip": QUIET_CHIP}, {"sigma": 0.1}],
+                         ids=["chip", "weight_noise"])
+def test_the_gaussian_clip_bounds_every_layer_after_each_step(digits, noise):
+    """training.clip_sigma clips with either noise model (the chip's forward, weight noise)."""
     torch.manual_seed(0)
     model = build("lenet")
     train_local(model, torch.utils.data.Subset(digits.train, range(128)),
-                setting(chip=QUIET_CHIP, clip_sigma=1.5), seed=5)
+                setting(clip_sigma=1.5, **noise), seed=5)
     for layer in (model[0], model[3], model[7], model[9], model[11]):
         w = layer.weight.detach()
         assert w.abs().max() <= 1.5 * w.std() * 1.05  # clipped at the last step, then moved
@@ -256,3 +259,30 @@ def test_a_clients_noisy_accuracy_uses_its_noise_model(digits, trained):
     noisy = accuracy(trained, digits.val, sigma=0.05, generator=torch.Generator().manual_seed(0),
                      chip=chip)
     assert noisy < clean - 0.05  # output noise of 3 full-scale products hurts
+
+
+def test_the_cosine_schedule_is_a_function_of_the_round_alone():
+    """training.schedule: constant keeps the lr; cosine gives round r of R
+    lr * (1 + cos(pi (r - 1) / R)) / 2, hand-computed here for R = 4, as torch's
+    CosineAnnealingLR(T_max=R) stepped once per round; Experiment.local_training applies
+    it per round (what a client of a resumed run gets for its round number)."""
+    from analogai_fl.settings import load
+    from analogai_fl.training import scheduled_lr
+
+    assert [scheduled_lr(0.01, "constant", r, 4) for r in (1, 4)] == [0.01, 0.01]
+    expected = [0.01, 0.01 * (1 + 2 ** -0.5) / 2, 0.005, 0.01 * (1 - 2 ** -0.5) / 2]
+    assert [scheduled_lr(0.01, "cosine", r, 4) for r in range(1, 5)] == pytest.approx(expected)
+    torch_lrs = []
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4)
+    for _ in range(4):
+        torch_lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert torch_lrs == pytest.approx(expected)
+    exp = load({"training.schedule": "cosine", "training.lr": 0.01, "training.rounds": 4})
+    assert [exp.local_training(0, 0.0, r).lr for r in range(1, 5)] == pytest.approx(expected)
+    assert exp.training.lr == 0.01  # the setting itself keeps the configured lr
+    for bad in ((0.01, "cosine", 0, 4), (0.01, "cosine", 5, 4), (0.01, "step", 1, 4)):
+        with pytest.raises(ValueError):
+            scheduled_lr(*bad)

@@ -79,12 +79,13 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings every row of one ablation folder shares: the resolved config without
     the seed (seeds may be added later), the run name, the conf file's path (its values
     are in the resolved config, so a moved checkout continues its folders) and what only
-    the report reads (`ablation.reference`), as JSON types (what the folder's file holds,
-    so the two compare)."""
+    the report reads (`ablation.reference`, the primary tests), as JSON types (what the
+    folder's file holds, so the two compare)."""
     return json.loads(json.dumps({k: v for k, v in config.items() if k not in REPORT_ONLY}))
 
 
-REPORT_ONLY = ("seed", "output.name", CONF_KEY, "ablation.reference")
+REPORT_ONLY = ("seed", "output.name", CONF_KEY, "ablation.reference",
+               "ablation.primary_contrasts", "ablation.primary_endpoints")
 
 
 def write_state(out: Path, exp: Experiment) -> None:
