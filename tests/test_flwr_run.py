@@ -335,14 +335,20 @@ def test_the_cleanup_stops_exactly_the_processes_of_its_flower_home(tmp_path):
 
 
 def test_an_analog_run_from_a_checkpoint_resumes_exactly(tmp_path):
-    """training.noise_model=analog and model.init through flwr run: the run starts from the
-    checkpoint's model (round 0 measures it) and a resumed run equals an uninterrupted one."""
+    """HWA's recipe through flwr run (the chip's forward, the clip, SGD with weight decay, a
+    cosine schedule, no client validation) from model.init: the run starts from the
+    checkpoint's model (round 0 measures it), each round trains at its scheduled lr, and a
+    resumed run equals an uninterrupted one, lrs included."""
+    from analogai_fl.training import scheduled_lr
+
     start = tmp_path / "start.pt"
     torch.manual_seed(3)
     torch.save(build_model("lenet", 1, 10, 32).state_dict(), start)
     common = (f"training.noise_model='analog' model.init='{start}' training.client_num_in_total=2 "
               "training.use_neg=false inference.platform.aihwkit.use=false "
-              "data.max_train_examples=300")
+              "data.max_train_examples=300 training.schedule='cosine' training.optimizer='sgd' "
+              "training.lr=0.01 training.clip_sigma=2.5 training.weight_decay=0.0005 "
+              "training.client_validation=false")
     completed(f"{common} training.rounds=2 output.dir='{tmp_path / 'straight'}'")
     completed(f"{common} training.rounds=1 output.dir='{tmp_path / 'split'}'")
     (split,) = run_folders(tmp_path / "split")
@@ -350,6 +356,11 @@ def test_an_analog_run_from_a_checkpoint_resumes_exactly(tmp_path):
     (straight,) = run_folders(tmp_path / "straight")
     expected, resumed = final_state(straight, 2), final_state(split, 2)
     assert all(torch.equal(resumed[k], v) for k, v in expected.items())
+    for folder in (straight, split):
+        replies = [json.loads(x) for x in (folder / "clients.jsonl").read_text().splitlines()]
+        assert [(c["round"], c["lr"]) for c in replies] == [
+            (r, pytest.approx(scheduled_lr(0.01, "cosine", r, 2))) for r in (1, 1, 2, 2)]
+        assert not any("val_acc_noisy" in c for c in replies)
     first = json.loads((straight / "metrics.jsonl").read_text().splitlines()[0])
     assert first["round"] == 0
     from analogai_fl.data import load_data
