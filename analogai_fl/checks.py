@@ -3,11 +3,13 @@ config's own keys (`config.resolve` checks each key's range, `settings.load` the
 rules), and `prepare`, the one sequence every entry point starts with.
 
     prepare(run_config)          settings.load, check_experiment, the data (downloaded where
-                                 `data.download` allows), check_client_shares
+                                 `data.download` allows), check_user_model, check_client_shares
     check_experiment(exp)        the model builds and runs at the data set's image shape;
                                  BatchNorm models get training batches of at least 2; every
                                  aihwkit RPU config (each evaluation protocol, the HWA
                                  baseline) builds
+    check_user_model(exp, d)     a network of your own converts whole to aihwkit and runs
+                                 on one batch of the data
     check_client_shares(exp, d)  after the data is loaded: every client's training share can
                                  be trained on
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from . import models, tensorboard_log
+from . import models, tensorboard_log, user_model
 from .data import DataNotFoundError, Splits, data_shape, load_data
 from .errors import ConfigError
 from .models import ModelFacts
@@ -39,7 +41,16 @@ def model_facts(exp: Experiment) -> ModelFacts:
     `data.image_size`); ConfigError naming both keys where the model cannot take that size."""
     try:
         return models.model_facts(exp.model, data_shape(exp.data))
+    except ConfigError:  # a model of your own, or your images: the message names the key
+        raise
     except (ValueError, RuntimeError) as err:
+        if user_model.is_import_path(exp.model):
+            shape = data_shape(exp.data)
+            raise ConfigError(
+                f"key 'model.name' = '{exp.model}': its forward fails on one batch of the "
+                f"configured data (input shape (2, {shape.in_channels}, {shape.image_size}, "
+                f"{shape.image_size})): {type(err).__name__}: {str(err).splitlines()[0]}"
+            ) from None
         raise ConfigError(f"keys 'model.name'={exp.model!r} and 'data.image_size'="
                           f"{exp.data.image_size} do not fit together: "
                           f"{str(err).splitlines()[0]}") from None
@@ -138,8 +149,26 @@ def prepare(run_config: Mapping[str, Any], *, download: bool = True, training: b
         data = load_data(exp.data, download=download and exp.data.download)
     except DataNotFoundError:
         if missing_data_ok and exp.data.download:
+            check_user_model(exp, None)
             return Prepared(exp, None)
         raise
+    check_user_model(exp, data)
     if training:
         check_client_shares(exp, data)
     return Prepared(exp, data)
+
+
+def check_user_model(exp: Experiment, data: Splits | None) -> None:
+    """A network of your own (`model.name='package.module:factory'`): `user_model.check_model`
+    on one batch of the loaded data (two images; zeros of the configured shape when the data
+    is not there yet). Built-in models are left alone: they are built to convert whole."""
+    if not user_model.is_import_path(exp.model):
+        return
+    shape = data_shape(exp.data)
+    if data is not None and len(data.train) >= 2:
+        batch = torch.stack([data.train[i][0] for i in range(2)])
+    else:
+        batch = torch.zeros(2, shape.in_channels, shape.image_size, shape.image_size)
+    with torch.random.fork_rng(devices=[]):
+        model = models.model_for(exp.model, shape)
+    user_model.check_model(exp.model, model, batch, shape.num_classes)

@@ -26,6 +26,7 @@ import yaml
 
 from .errors import ConfigError
 from .schema import ALIASES, CONF_KEY, DEFAULT_CONF, SCHEMA, UNSET
+from .schema_key import accepted_choice
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
@@ -102,7 +103,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise bad from None
         if not value:
             raise bad
-    if key.choices and value not in key.choices:
+    if key.choices and not accepted_choice(key, value):
         raise bad
     if kind in (int, float, list):
         for x in value if kind is list else [value]:

@@ -8,6 +8,7 @@
   `data.test_fraction`), upsampled to `data.image_size`, normalised with the training split's
   mean and std (one scalar, as the images are grey), no augmentation; `data.max_train_examples`
   keeps the first N of its (seeded random) training split;
+- ``imagefolder``: your own images in torchvision's ImageFolder layout (`image_folder`);
 - ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``: read through torchvision's
   own data set classes from `data.root` in torchvision's layout (``MNIST/raw/``,
   ``FashionMNIST/raw/``, ``cifar-10-batches-py/``, ``cifar-100-python/``, and SVHN's
@@ -56,8 +57,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, TensorDataset
 
-from . import idx
+from . import idx, image_folder
 from .errors import ConfigError
+from .image_folder import read_image_folder
 from .models import DataShape
 from .split_sizes import check_training_split
 
@@ -261,6 +263,8 @@ def data_shape(data: DataSettings) -> DataShape:
     """The shape of `data.name`'s images at `data.image_size`, known without reading them."""
     if data.name == "digits":
         return DataShape(1, 10, data.image_size)
+    if data.name == "imagefolder":  # RGB, one class per folder of train/
+        return DataShape(3, len(image_folder.classes(data.root)), data.image_size)
     spec = TORCHVISION_SETS[data.name]
     return DataShape(spec.channels, spec.num_classes, data.image_size)
 
@@ -363,25 +367,48 @@ def torchvision_splits(name: str, root: str, image_size: int, val_fraction: floa
     """A torchvision data set from `root` (never downloads; see `load_data`)."""
     spec = TORCHVISION_SETS[name]
     train_x, train_y, test_x, test_y = _read(name, Path(root))
+    return _splits(name, root, (_resize(train_x, image_size), train_y,
+                                _resize(test_x, image_size), test_y), spec.channels,
+                   spec.num_classes, val_fraction, max_train_examples,
+                   _augmentation(spec, image_size) if augment else None, seed)
+
+
+def _splits(name: str, root: str, arrays: tuple[torch.Tensor, ...], channels: int,
+            num_classes: int, val_fraction: float, max_train_examples: int,
+            aug: RandomCropFlip | None, seed: int) -> Splits:
+    """Train / validation / test of uint8 images already at their size (`arrays`: train
+    images, labels, test images, labels): the validation split carved from the training
+    images (stratified, seeded), normalised with the training part's per-channel statistics,
+    then `max_train_examples` of the rest."""
+    train_x, train_y, test_x, test_y = arrays
     if len(train_y) < 2:
         raise ConfigError(f"data.name='{name}': the training split in {root} has "
                           f"{len(train_y)} image(s); need at least 2 to carve a validation split")
     check_training_split(name, len(train_y), val_fraction)
     train_idx, val_idx = split_validation(train_y.numpy(), val_fraction, seed)
-    train_x, test_x = _resize(train_x, image_size), _resize(test_x, image_size)
     train_images = train_x[torch.from_numpy(train_idx)]
     mean, std = _channel_stats(train_images)  # of the whole training part, whatever the limit
     if max_train_examples:  # train_idx is in seeded random order: its head is a random choice
         train_idx = train_idx[:max_train_examples]
         train_images = train_images[:max_train_examples]
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-    aug = _augmentation(spec, image_size) if augment else None
     return Splits(
         train=ImageDataset(train_images, train_y[train_idx], mean, std, aug),
         val=ImageDataset(train_x[val_idx], train_y[val_idx], mean, std),
         test=ImageDataset(test_x, test_y, mean, std),
-        in_channels=spec.channels, num_classes=spec.num_classes, image_size=image_size,
+        in_channels=channels, num_classes=num_classes, image_size=train_x.shape[-1],
         mean=tuple(mean.tolist()), std=tuple(std.tolist()))
+
+
+def _image_folder(data: DataSettings) -> Splits:
+    """`data.name='imagefolder'` (`image_folder`): your own images, split as the torchvision
+    sets; augmentation without flips."""
+    *arrays, names = read_image_folder(str(data.root), data.image_size, data.test_fraction,
+                                       data.seed)
+    aug = RandomCropFlip(padding=max(1, round(4 * data.image_size / 32)), flip=False)
+    return _splits("imagefolder", str(data.root), tuple(arrays), 3, len(names),
+                   data.val_fraction, data.max_train_examples, aug if data.augment else None,
+                   data.seed)
 
 
 def load_data(data: DataSettings, download: bool = False) -> Splits:
@@ -391,6 +418,8 @@ def load_data(data: DataSettings, download: bool = False) -> Splits:
     if data.name == "digits":
         return _digits_limited(data.image_size, data.val_fraction, data.test_fraction,
                                data.seed, data.max_train_examples)
+    if data.name == "imagefolder":
+        return _image_folder(data)
     if data.name not in TORCHVISION_SETS:
         raise ConfigError(f"key 'data.name' expects one of 'digits', "
                           f"{', '.join(repr(n) for n in TORCHVISION_SETS)}, got {data.name!r}")

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import user_model
 from .clip import gaussian_clip_
+from .config import PROJECT_DIR
 from .noise import NOISY_LAYERS
 from .quantization import quantize_per_channel
 
@@ -159,9 +161,14 @@ MODELS = {"lenet": lenet, "mlp": mlp, "vgg8": vgg8, "resnet18": resnet18,
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """A fresh `MODELS[name]` (initialised from torch's global generator); ValueError when
-    the model cannot take `image_size`."""
-    return MODELS[name](in_channels, num_classes, image_size)
+    """A fresh `MODELS[name]`, or the network of your own that `name` names by import path
+    ('package.module:factory', `user_model`), initialised from torch's global generator.
+    ValueError when a built-in model cannot take `image_size`; ConfigError naming
+    `model.name` when a factory cannot be imported or does not return a module."""
+    if name in MODELS:
+        return MODELS[name](in_channels, num_classes, image_size)
+    factory = user_model.import_factory(name, PROJECT_DIR)
+    return user_model.built(name, factory, in_channels, num_classes, image_size)
 
 
 @dataclass(frozen=True)

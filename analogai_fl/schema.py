@@ -19,8 +19,9 @@ MAX_NOISE_LEVELS = 10
 DEVICES = ("PCM", "ReRAM", "ideal")
 PROTOCOLS = ("standard", "realistic", "seed")
 LR_SCHEDULES = ("constant", "cosine")  # training.schedule; training.scheduled_lr
-DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "svhn")
+DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100", "svhn", "imagefolder")
 MODEL_NAMES = ("lenet", "mlp", "vgg8", "resnet18", "mobilenetv2")
+MODEL_IMPORT_PATH = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*"  # model.name of your own
 STRATEGY_NAMES = ("msnat", "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 # ReRamWan2022NoiseModel's measured times (s): the keys of its `coeff_dic` in aihwkit 1.1.0
 # (tests/test_analog.py checks this against the installed aihwkit).
@@ -110,9 +111,11 @@ def _run_keys() -> dict[str, Key]:
 
 def _data_keys() -> dict[str, Key]:
     return {
-        "data.name": Key("digits", "data set: digits (scikit-learn's, offline) or one of "
-                         "torchvision's, read from data.root; images are normalised per "
-                         "channel with the training split's mean and std", choices=DATASETS),
+        "data.name": Key("digits", "data set: digits (scikit-learn's, offline), one of "
+                         "torchvision's, read from data.root, or imagefolder (your own "
+                         "images: data.root/train/<class>/*, optional data.root/test/<class>/*)"
+                         "; images are normalised per channel with the training split's mean "
+                         "and std", choices=DATASETS),
         "data.root": Key("~/.cache/analogai-fl/data", "folder holding the torchvision data "
                          "sets in torchvision's layout (MNIST/raw, FashionMNIST/raw, "
                          "cifar-10-batches-py, cifar-100-python; SVHN's train_32x32.mat and "
@@ -126,8 +129,9 @@ def _data_keys() -> dict[str, Key]:
         "data.val_fraction": Key(0.1, "share of the training images held out for validation "
                                  "(model selection; stratified, seeded); digits: share of all "
                                  "images", minimum=0.0, above_minimum=True, maximum=1.0),
-        "data.test_fraction": Key(0.2, "digits only: share of all images held out for the "
-                                  "test split (the others have an official test split)",
+        "data.test_fraction": Key(0.2, "digits, and imagefolder without a test/ folder: share "
+                                  "of the images held out for the test split (the others "
+                                  "have an official test split)",
                                   minimum=0.0, above_minimum=True, maximum=1.0),
         "data.image_size": Key(32, "images are resized to this side (digits' 8x8 and MNIST's "
                                "28x28 are upsampled)", minimum=8),
@@ -144,8 +148,13 @@ def _data_keys() -> dict[str, Key]:
 
 
 def _model_keys() -> dict[str, Key]:
-    return {"model.name": Key("lenet", "network (CIFAR-style stems for 32x32 images)",
-                              choices=MODEL_NAMES),
+    return {"model.name": Key("lenet", "network: a built-in one (CIFAR-style stems for 32x32 "
+                              "images) or your own, 'package.module:factory' with "
+                              "factory(in_channels, num_classes, image_size) -> nn.Module "
+                              "(docs/experiments.md, 'Your own model and data')",
+                              choices=MODEL_NAMES,
+                              or_pattern=(MODEL_IMPORT_PATH, "an import path "
+                                          "'package.module:factory'")),
             "model.init": Key("", "checkpoint the global model (and the HWA arm) starts from: "
                               "a run's round_NNNN.pt or any plain state_dict of the "
                               "configured model ('' = a fresh init seeded by seed)")}

@@ -3,6 +3,7 @@ sections (`schema`, `schema_ablation`) that declare the keys."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ class Key:
     maximum: float | None = None  # value must be < maximum
     forbidden: tuple[float, ...] = ()  # values the consumer cannot use
     why: str = ""  # why the range is what it is (shown in the error)
+    or_pattern: tuple[str, str] = ()  # (regex, what it is): a string beside the choices
 
     @property
     def type(self) -> type:
@@ -29,6 +31,8 @@ class Key:
                 list: "a list of numbers (YAML list or comma-separated string)"}[self.type]
         if self.choices:
             kind = "one of " + ", ".join(repr(c) for c in self.choices)
+            if self.or_pattern:
+                kind += f" or {self.or_pattern[1]}"
         if self.minimum is not None:
             kind += f" {'>' if self.above_minimum else '>='} {self.minimum:g}"
         if self.maximum is not None:
@@ -42,6 +46,12 @@ class Key:
 
 CONVERTER_BITS_WHY = ("0 = ideal; else at least 2: aihwkit's converter step is "
                       "1/(2^bits - 2), analog.converter_resolution")
+
+
+def accepted_choice(key: Key, value: str) -> bool:
+    """Whether `value` is one of `key.choices` or matches its `or_pattern`."""
+    return value in key.choices or bool(key.or_pattern
+                                        and re.fullmatch(key.or_pattern[0], value))
 
 
 def converter_bits(default: int, doc: str) -> Key:

@@ -189,7 +189,10 @@ def test_preset_loads_validates_and_says_what_its_name_says(path):
     budget = [o for o in option if o == "cpu"]  # sized for a 2-core CPU: a fixed subset
     if budget:
         assert cfg["data.max_train_examples"] > 0 and cfg["inference.every"] > 1
-    option = [o for o in option if o != "cpu"]
+    if "recipe" in option:  # the pre-registered experiment on HWA's recipe: its analysis
+        assert cfg["ablation.primary_contrasts"] and cfg["ablation.primary_endpoints"]
+        assert cfg["ablation.pretrained"]
+    option = [o for o in option if o not in ("cpu", "recipe")]
     assert [k for k in option_keys.values() if cfg[k]] == [option_keys[o] for o in option]
     spec = TORCHVISION_SETS[data]
     model = MODELS[arch](spec.channels, spec.num_classes, cfg["data.image_size"]).eval()
