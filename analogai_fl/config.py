@@ -123,14 +123,46 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"conf file '{path}' does not exist (expected a YAML file, e.g. "
                           f"{DEFAULT_CONF})")
+    text = path.read_text()
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        _refuse_repeated_keys(path, yaml.compose(text, Loader=yaml.SafeLoader))
+        tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"conf file '{path}' is not valid YAML: {err}") from None
     if not isinstance(tree, Mapping):
         raise ConfigError(f"conf file '{path}' must hold a mapping of keys, got "
                           f"{type(tree).__name__}")
     return {(c := _canonical(k, source)): _coerce(c, v, source) for k, v in flatten(tree).items()}
+
+
+def _refuse_repeated_keys(path: Path, root: yaml.Node | None) -> None:
+    """ConfigError naming the file, the key and both lines when a key is given twice: in one
+    mapping (PyYAML keeps the last and silently drops the first, a whole table for a
+    section), or as the same setting written two ways (`training: {rounds: ..}` and
+    `training.rounds: ..`, or a key and its alias)."""
+    if not isinstance(root, yaml.MappingNode):
+        return
+    settings: dict[str, int] = {}
+
+    def walk(node: yaml.MappingNode, prefix: str) -> None:
+        lines: dict[str, int] = {}
+        for key_node, value in node.value:
+            key, line = f"{key_node.value}", key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(f"conf file '{path}': key '{prefix}{key}' is given twice, on "
+                                  f"lines {lines[key]} and {line} (YAML would keep only the "
+                                  "second); merge them into one")
+            lines[key] = line
+            if isinstance(value, yaml.MappingNode) and value.value:
+                walk(value, f"{prefix}{key}.")
+                continue
+            name = ALIASES.get(f"{prefix}{key}", f"{prefix}{key}")
+            if name in settings:
+                raise ConfigError(f"conf file '{path}': key '{name}' is set twice, on lines "
+                                  f"{settings[name]} and {line}; keep one")
+            settings[name] = line
+
+    walk(root, "")
 
 
 def _find_conf(name: str) -> Path:

@@ -1,3 +1,4 @@
+import re
 import tomllib
 from pathlib import Path
 
@@ -259,3 +260,28 @@ def test_a_conf_file_not_found_is_found_by_the_path_the_message_asks_for(tmp_pat
         resolve({"conf": "exp.yaml"})
     for given in (str(conf), os.path.relpath(conf, config.PROJECT_DIR)):  # the advice
         assert resolve({"conf": given})["training.rounds"] == 7, given
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("training:\n  rounds: 2\ntraining:\n  lr: 0.1\n",
+     "key 'training' is given twice, on lines 1 and 3"),
+    ("training:\n  rounds: 2\n  lr: 0.1\n  rounds: 3\n",
+     "key 'training.rounds' is given twice, on lines 2 and 4"),
+    ("training:\n  rounds: 2\ntraining.rounds: 3\n",
+     "key 'training.rounds' is set twice, on lines 2 and 3"),
+    ("recovery:\n  qat: true\n  qat.use: false\n",
+     "key 'recovery.qat.use' is set twice, on lines 2 and 3"),
+])
+def test_a_key_given_twice_in_a_conf_file_is_refused_naming_both_lines(tmp_path, capsys, text,
+                                                                        expected):
+    """PyYAML keeps the last of repeated keys (a repeated section drops a whole table), and
+    flattening would keep one of two spellings of a setting: both are refused, by every
+    reader of conf files (`check`, the ServerApp through `config.resolve`)."""
+    from analogai_fl import cli
+
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=re.escape(expected)):
+        resolve({"conf": str(path)})
+    assert cli.main(["check", "--conf", str(path)]) == 2
+    assert expected in " ".join(capsys.readouterr().err.split())
