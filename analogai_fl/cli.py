@@ -183,6 +183,14 @@ def run_plot(args: argparse.Namespace) -> int:
     runs = [RunCurves.read(Path(folder), labels[i] if labels else None,
                            given_as=f"run folder {i + 1}")
             for i, folder in enumerate(args.runs)]
+    if not any(r.metrics or r.clients for r in runs):
+        raise CliError(f"nothing to draw: no evaluated round and no client reply in "
+                       f"{', '.join(args.runs)} (metrics.jsonl and clients.jsonl are missing or "
+                       "empty: has the run started its first round?)")
+    for folder, run in zip(args.runs, runs, strict=True):
+        if not run.metrics:
+            print(f"warning: run folder {folder}: no evaluated round yet (metrics.jsonl is "
+                  f"missing or empty); its accuracy panels stay empty", file=sys.stderr)
     if args.out:
         out = Path(args.out)
     elif len(runs) == 1:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .outputs import RunFolder
 from .reporting import pyplot
 
@@ -48,7 +49,7 @@ class RunCurves:
         metrics = run.read_jsonl("metrics.jsonl")
         protocols = {m["protocol"]["name"] for m in metrics if "protocol" in m and "pcm" in m}
         return cls(label or run.path.name, metrics, run.client_replies(),
-                   " / ".join(sorted(protocols)) or "no analog evaluation")
+                   " / ".join(sorted(protocols)) or _configured_protocol(run))
 
     def drift_labels(self) -> list[str]:
         """The drift times measured (aihwkit's labels: "1s", "1h", ...), in their order."""
@@ -56,6 +57,20 @@ class RunCurves:
 
     def sigmas(self) -> list[float]:
         return sorted({c["sigma"] for c in self.clients})
+
+
+def _configured_protocol(run: RunFolder) -> str:
+    """The evaluation protocol the run's config.yaml names (a run with no evaluated round
+    yet), or "no analog evaluation" where it evaluates none."""
+    from .config import load_yaml
+
+    try:
+        cfg = load_yaml(run.path / "config.yaml")
+    except ConfigError:
+        return "no analog evaluation"
+    if not cfg.get("inference.platform.aihwkit.use", True):
+        return "no analog evaluation"
+    return str(cfg.get("inference.protocol", "realistic"))
 
 
 def _style(run_index: int, series_index: int, runs: int, colours: Sequence) -> dict[str, Any]:

@@ -97,3 +97,21 @@ def test_plot_draws_once_given_one_label_per_folder_as_advised(run, tmp_path, ca
     assert not out.exists()
     assert main(["plot", str(run.path), "--labels", "a", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG" and str(out) in capsys.readouterr().out
+
+
+def test_a_run_without_an_evaluated_round_is_named_and_its_protocol_comes_from_its_config(
+        run, tmp_path, capsys):
+    """No metrics.jsonl yet: the panels name the protocol the run's config evaluates with
+    (not "no analog evaluation") and plot warns, naming the folder; with nothing at all to
+    draw, one line and exit code 2."""
+    assert RunCurves.read(run.path).protocol == "realistic"  # the config's inference.protocol
+    assert main(["plot", str(run.path), "--out", str(tmp_path / "none.png")]) == 2
+    said = capsys.readouterr().err
+    assert "nothing to draw" in said and str(run.path) in said
+    assert not (tmp_path / "none.png").exists()
+    run.append_jsonl("clients.jsonl", {"round": 1, "sigma": 0.1, "noise-index": 0,
+                                       "train_loss": 1.0, "train_acc": 0.5})
+    assert main(["plot", str(run.path), "--out", str(tmp_path / "some.png")]) == 0
+    said = capsys.readouterr().err
+    assert f"run folder {run.path}: no evaluated round yet" in said
+    assert (tmp_path / "some.png").read_bytes()[:4] == b"\x89PNG"
