@@ -44,11 +44,12 @@ def stock_rpu_config(protocol: Protocol) -> InferenceRPUConfig:
 
 
 def export_model(model: nn.Module, protocol: Protocol, out: Path, calibration: Dataset,
-                 seed: int, described: str) -> list[Path]:
-    """Write `model` converted for `protocol` to `out` (the whole analog module), beside it
-    `<out stem>.state_dict.pt` and `<out stem>.txt` (the protocol, `described`: where the
-    weights came from, and the lines that load both); returns the three paths. Input ranges
-    are calibrated on `calibration` with `seed`, as `analog.to_analog` does."""
+                 seed: int, described: str, model_name: str, shape: DataShape) -> list[Path]:
+    """Write `model` (the configured `model_name` at `shape`) converted for `protocol` to
+    `out` (the whole analog module), beside it `<out stem>.state_dict.pt` and `<out
+    stem>.txt` (the protocol, `described`: where the weights came from, and two scripts that
+    load them, each runnable as written: `howto_scripts`); returns the three paths. Input
+    ranges are calibrated on `calibration` with `seed`, as `analog.to_analog` does."""
     analog = convert_every_layer(model, stock_rpu_config(protocol))
     calibrate(analog, protocol, calibration, seed)
     analog = analog.cpu().eval()
@@ -57,31 +58,70 @@ def export_model(model: nn.Module, protocol: Protocol, out: Path, calibration: D
     text_path = out.with_name(out.stem + ".txt")
     torch.save(analog, out)
     torch.save(analog.state_dict(), state_path)
-    text_path.write_text(_howto(protocol, out, state_path, described))
-    return [out, state_path, text_path]
-
-
-def _howto(protocol: Protocol, out: Path, state_path: Path, described: str) -> str:
+    whole, state = howto_scripts(protocol, out, state_path, model_name, shape)
     settings = "\n".join(f"  {k}: {v}" for k, v in protocol.record().items())
-    return f"""{described}
+    text_path.write_text(f"""{described}
 converted to aihwkit {_aihwkit_version()} analog layers for protocol '{protocol.name}':
 {settings}
 
-The whole analog module (the model's class must be importable: pip install analogai-fl):
+1. The whole analog module (its layers' classes come from aihwkit, the model's from this
+package: pip install analogai-fl). torch.load with weights_only=False runs the file's pickle:
+load only files you made or trust.
 
-    import torch
-    model = torch.load("{out.name}", weights_only=False).eval()
-    model.program_analog_weights()          # programming noise of the protocol's device
-    model.drift_analog_weights(86400.0)     # conductance drift to t = 1 day, compensated
-    logits = model(images)                  # images normalised as in training
+{_indented(whole)}
 
-Or the state_dict into an analog model built with any RPU configuration:
+2. The state_dict into an analog model you build with aihwkit. The state_dict holds each
+layer's mapping scales, so the target RPU configuration needs this file's mapping: aihwkit
+accepts them only with mapping.weight_scaling_omega set as below (with aihwkit's default, 0,
+load_state_dict fails with "Unexpected key(s) ... mapping_scales"); the tile sizes decide how
+many tiles a layer has, and calibrated input ranges need input_range enabled. Any other
+setting (device, noise, converters) may differ:
 
-    from aihwkit.nn.conversion import convert_to_analog
-    analog = convert_to_analog(digital_model, rpu_config)
-    analog.load_state_dict(torch.load("{state_path.name}", weights_only=False),
-                           load_rpu_config=False)   # True: this file's configuration
-"""
+{_indented(state)}
+""")
+    return [out, state_path, text_path]
+
+
+def howto_scripts(protocol: Protocol, out: Path, state_path: Path, model_name: str,
+                  shape: DataShape) -> tuple[str, str]:
+    """Two Python scripts, each complete and runnable as written in the folder of the files
+    (a test runs both): load the whole module, program, drift and run it; build an analog
+    model with stock aihwkit and the mapping settings this state_dict needs, and load it."""
+    images = f"torch.zeros(2, {shape.in_channels}, {shape.image_size}, {shape.image_size})"
+    columnwise = protocol.weight_scaling_columnwise
+    whole = f"""import torch
+
+model = torch.load("{out.name}", weights_only=False).eval()
+images = {images}  # your images, normalised as in training
+model.program_analog_weights()  # programming noise of the protocol's device
+model.drift_analog_weights(86400.0)  # conductance drift to t = 1 day, compensated
+logits = model(images)
+print(logits.shape)"""
+    state = f"""import torch
+from aihwkit.nn.conversion import convert_to_analog
+from aihwkit.simulator.configs import InferenceRPUConfig
+
+from analogai_fl.models import DataShape, model_for, split_grouped_convs
+
+rpu_config = InferenceRPUConfig()  # or any other inference configuration, with this mapping:
+rpu_config.mapping.weight_scaling_omega = {protocol.weight_scaling_omega!r}
+rpu_config.mapping.weight_scaling_columnwise = {columnwise!r}
+rpu_config.mapping.learn_out_scaling = {columnwise!r}
+rpu_config.mapping.out_scaling_columnwise = {columnwise!r}
+rpu_config.mapping.max_input_size = {protocol.max_input_size!r}
+rpu_config.mapping.max_output_size = {protocol.max_output_size!r}
+rpu_config.pre_post.input_range.enable = {protocol.input_range_images > 0!r}  # the DAC ranges
+digital = split_grouped_convs(model_for("{model_name}", DataShape({shape.in_channels}, \
+{shape.num_classes}, {shape.image_size})))
+analog = convert_to_analog(digital, rpu_config)
+analog.load_state_dict(torch.load("{state_path.name}", weights_only=False),
+                       load_rpu_config=False)  # True: also this file's whole configuration
+print(analog({images}).shape)"""
+    return whole, state
+
+
+def _indented(script: str) -> str:
+    return "\n".join(f"    {line}" if line else "" for line in script.splitlines())
 
 
 def _aihwkit_version() -> str:

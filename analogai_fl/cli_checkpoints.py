@@ -180,7 +180,7 @@ def run_export(args: argparse.Namespace) -> int:
     model = load_model(checkpoint, exp, data)
     protocol = exp.evaluation.protocol
     written = export_model(model, protocol, out, data.train, exp.seed,
-                           f"{exp.model} from '{checkpoint.resolve()}'")
+                           f"{exp.model} from '{checkpoint.resolve()}'", exp.model, data.shape)
     print(f"Wrote {', '.join(str(p) for p in written)} (protocol '{protocol.name}', "
           f"{protocol.device}, {protocol.tile} tile)")
     return 0

@@ -119,3 +119,43 @@ def test_export_refuses_bad_input_in_one_line_before_any_work(files, tmp_path, c
                  "--conf", DEFAULT_CONF]) == 2
     assert "expected a .pt file" in capsys.readouterr().err
     assert not list(Path(tmp_path).glob("a*"))
+
+
+def scripts_of(text: str) -> list[str]:
+    """The indented code blocks of an export's .txt, as scripts."""
+    blocks, current = [], []
+    for line in text.splitlines():
+        if line.startswith("    ") or (current and not line):
+            current.append(line[4:])
+        elif current:
+            blocks.append("\n".join(current).strip())
+            current = []
+    if current:
+        blocks.append("\n".join(current).strip())
+    return blocks
+
+
+@pytest.mark.parametrize("changes", [{}, {"inference.protocol": "standard"}],
+                         ids=["realistic", "standard"])
+def test_every_snippet_the_export_text_shows_runs_as_written_in_a_fresh_interpreter(
+        files, changes):
+    """Both loading routes of the .txt, run in a fresh interpreter in the export's folder:
+    the whole module, and the state_dict into an analog model built with stock aihwkit's
+    InferenceRPUConfig and the mapping the text gives (aihwkit's default mapping refuses the
+    file's mapping_scales)."""
+    name = f"text-{changes.get('inference.protocol', 'realistic')}"
+    out = files / f"{name}.pt"
+    assert main(["export", str(files / "model.pt"), "--out", str(out), "--conf", DEFAULT_CONF,
+                 "--run-config", toml(PCM | changes)]) == 0
+    text = out.with_suffix(".txt").read_text()
+    scripts = scripts_of(text)
+    assert len(scripts) == 2 and "weight_scaling_omega = 1.0" in scripts[1]
+    for script in scripts:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              cwd=files, timeout=300)
+        assert done.returncode == 0, f"{script}\n{done.stderr[-2000:]}"
+        assert done.stdout.strip().splitlines()[-1] == "torch.Size([2, 10])"
+    stock = scripts[1].replace("rpu_config.mapping.weight_scaling_omega = 1.0\n", "")
+    done = subprocess.run([sys.executable, "-c", stock], capture_output=True, text=True,
+                          cwd=files, timeout=300)  # what the text warns of
+    assert done.returncode != 0 and "mapping_scales" in done.stderr
