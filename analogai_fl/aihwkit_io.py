@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from .analog import calibrate, convert_every_layer, rpu_config
 from .errors import ConfigError
 from .models import DataShape, merge_grouped_convs, model_for
+from .outputs import atomic_text, atomic_write
 from .settings import Protocol
 
 
@@ -56,11 +57,11 @@ def export_model(model: nn.Module, protocol: Protocol, out: Path, calibration: D
     out.parent.mkdir(parents=True, exist_ok=True)
     state_path = out.with_name(out.stem + ".state_dict.pt")
     text_path = out.with_name(out.stem + ".txt")
-    torch.save(analog, out)
-    torch.save(analog.state_dict(), state_path)
+    atomic_write(out, lambda tmp: torch.save(analog, tmp))
+    atomic_write(state_path, lambda tmp: torch.save(analog.state_dict(), tmp))
     whole, state = howto_scripts(protocol, out, state_path, model_name, shape)
     settings = "\n".join(f"  {k}: {v}" for k, v in protocol.record().items())
-    text_path.write_text(f"""{described}
+    atomic_text(text_path, f"""{described}
 converted to aihwkit {_aihwkit_version()} analog layers for protocol '{protocol.name}':
 {settings}
 

@@ -3,7 +3,10 @@ config's own keys (`config.resolve` checks each key's range, `settings.load` the
 rules), and `prepare`, the one sequence every entry point starts with.
 
     prepare(run_config)          settings.load, check_experiment, the data (downloaded where
-                                 `data.download` allows), check_user_model, check_client_shares
+                                 `data.download` allows), check_user_model, and for a run
+                                 check_client_shares
+    check_output_place(exp)      what writes a run (the ServerApp, `check`): the output place
+                                 is made and written to
     check_experiment(exp)        the model builds and runs at the data set's image shape;
                                  BatchNorm models get training batches of at least 2; every
                                  aihwkit RPU config (each evaluation protocol, the HWA
@@ -31,7 +34,7 @@ from . import models, tensorboard_log, user_model
 from .data import DataNotFoundError, Splits, data_shape, load_data
 from .errors import ConfigError
 from .models import ModelFacts
-from .outputs import read_model_state
+from .outputs import probe_writable, read_model_state
 from .partitions import describe_partition
 from .settings import Experiment, load
 
@@ -156,6 +159,18 @@ def prepare(run_config: Mapping[str, Any], *, download: bool = True, training: b
     if training:
         check_client_shares(exp, data)
     return Prepared(exp, data)
+
+
+def check_output_place(exp: Experiment) -> None:
+    """The run's output place is made and written to before any work (`outputs.probe_
+    writable`): the run folder to resume (`output.resume`) or `output.dir`. ConfigError
+    naming the key and the reason (a read-only file system, a file in the way)."""
+    if exp.output.resume:  # a folder that is not there is refused as no run folder
+        folder = Path(exp.output.resume).expanduser()
+        if folder.is_dir():
+            probe_writable(folder, "key 'output.resume'")
+    else:
+        probe_writable(exp.output.dir.expanduser(), "key 'output.dir'")
 
 
 def check_user_model(exp: Experiment, data: Splits | None) -> None:

@@ -19,10 +19,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .checks import evaluation_device, prepare
+from .checks import check_output_place, evaluation_device, prepare
 from .cli_checkpoints import add_export, add_infer
 from .config import add_run_config_argument, parse_run_config
-from .errors import ArmFailed, CliError, ConfigError
+from .errors import ArmFailed, CliError, ConfigError, WriteFailed
+from .outputs import probe_writable
 from .schema import CONF_KEY
 from .schema_ablation import ARM_NAMES
 from .settings import load
@@ -117,6 +118,7 @@ def run_check(args: argparse.Namespace) -> int:
     conf = str(Path(args.conf).expanduser().resolve()) if args.conf else DEFAULT_CONF
     # what the ServerApp prepares, without downloading a data set
     prepared = prepare({CONF_KEY: conf} | overrides, download=False, missing_data_ok=True)
+    check_output_place(prepared.exp)
     exp, data = prepared.exp, prepared.data
     cfg = exp.config
     default = defaults()
@@ -199,6 +201,7 @@ def run_plot(args: argparse.Namespace) -> int:
         out = Path(f"curves-{'-vs-'.join(Path(f).resolve().name for f in args.runs)}.png")
     if out.suffix.lower() != ".png":
         raise CliError(f"--out '{out}': expected a .png file")
+    probe_writable(out.parent if str(out.parent) else Path("."), "--out")
     print(f"Wrote {plot_curves(runs, out)}")
     return 0
 
@@ -249,6 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except ArmFailed as err:  # the rows written so far are kept
         print(f"analogai-fl {args.command}: {err}", file=sys.stderr)
+        return 1
+    except WriteFailed as err:  # a full disk, a folder made read-only meanwhile
+        again = (" (it continues where it stopped: the rows and models written are kept)"
+                 if args.command == "ablate" else "")
+        print(f"analogai-fl {args.command}: error: {err}; free space or make the folder "
+              f"writable, then run the same command again{again}", file=sys.stderr)
         return 1
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from .checks import evaluation_device, prepare
 from .config import add_run_config_argument, parse_run_config
 from .errors import CliError
-from .outputs import CHECKPOINT
+from .outputs import CHECKPOINT, probe_writable
 from .schema import CONF_KEY
 from .settings import Experiment
 
@@ -129,9 +129,11 @@ def run_infer(args: argparse.Namespace) -> int:
     prepared = prepare(infer_config(checkpoints[0].path, args.conf, args.run_config),
                        training=False)  # every check before any evaluation
     exp, data = prepared.exp, prepared.data
-    results = [evaluate_checkpoint(c, exp, data, sweep=not args.no_sweep) for c in checkpoints]
     out = Path(args.out).expanduser() if args.out else (
         given.resolve().parent.parent / "infer" / given.stem)
+    probe_writable(out, "--out" if args.out else "the run folder's infer/ (give --out FOLDER "
+                   "to write elsewhere)")  # before the evaluation, not after it
+    results = [evaluate_checkpoint(c, exp, data, sweep=not args.no_sweep) for c in checkpoints]
     for table in infer_tables(results):
         console.print(table)
     written = write_infer(results, out)
@@ -176,6 +178,7 @@ def run_export(args: argparse.Namespace) -> int:
     if out.suffix != ".pt":
         raise CliError(f"--out '{out}': expected a .pt file")
     prepared = prepare(infer_config(checkpoint, args.conf, args.run_config), training=False)
+    probe_writable(out.parent, "--out")  # before the conversion
     exp, data = prepared.exp, prepared.data
     model = load_model(checkpoint, exp, data)
     protocol = exp.evaluation.protocol

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .outputs import RunFolder
-from .reporting import pyplot
+from .reporting import pyplot, save_png
 
 CURVES_FILE = "curves.png"
 # distinct for up to 8 series of one run (K noise levels go up to 10: then they repeat)
@@ -87,7 +87,7 @@ def plot_curves(runs: Sequence[RunCurves], path: Path) -> Path:
     plt = pyplot()
     fig = draw(runs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from .config import PROJECT_DIR
+from .outputs import atomic_text
 from .schema import ALIASES, CONF_KEY, DEFAULT_CONF, SCHEMA, UNSET
 
 
@@ -97,7 +98,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
         for path, text in generated_files().items():
             if path.read_text() != text:
-                path.write_text(text)
+                atomic_text(path, text)
                 print(f"updated {path.relative_to(PROJECT_DIR)}")
     else:
         print(markdown_table())

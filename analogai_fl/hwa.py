@@ -60,7 +60,7 @@ from .analog import convert_every_layer, converter_resolution, cuda_indices
 from .data import Splits
 from .errors import ConfigError
 from .models import merge_grouped_convs, model_for, split_grouped_convs
-from .outputs import in_analog_tile
+from .outputs import atomic_write, in_analog_tile
 from .settings_ablation import HWASettings
 from .streams import seed_for
 from .training import accuracy, check_finite, training_loader
@@ -276,9 +276,7 @@ def _save(path: Path, epoch: int, curve: list[float], analog: nn.Module,
              "loader_rng": loader.generator.get_state(), "torch_rng": torch.get_rng_state(),
              "last_epoch": dict(last_epoch)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _read(path: Path, epochs: int) -> dict[str, Any]:

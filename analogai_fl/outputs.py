@@ -15,11 +15,15 @@ Every write appends or replaces atomically, so a crash never loses earlier resul
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import os
 import re
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ from typing import Any
 import torch
 
 from . import safe_load
-from .errors import ConfigError
+from .errors import ConfigError, WriteFailed
 
 CHECKPOINT = re.compile(r"round_(\d+)(?:_noise_(\d+))?\.pt")
 
@@ -107,19 +111,64 @@ def read_model_state(path: Path, expected: Mapping[str, torch.Tensor], model: st
     return dict(state)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it to `path` (atomic on
+    POSIX): a write cut short (a full disk, a kill) leaves `path`'s previous version intact.
+    WriteFailed naming `path` and the reason when the write fails (an OSError, or torch's
+    RuntimeError from `torch.save` on a full disk); the temporary file is removed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else \
+            str(err).splitlines()[0]
+        raise WriteFailed(f"could not write '{path}': {reason}") from err
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """`text` to `path` (`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A CSV file of `header` and `rows`, written atomically (`atomic_write`)."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_text(path, text.getvalue())
+
+
+def probe_writable(folder: Path, given_as: str) -> Path:
+    """Make `folder` (and its parents) and write and remove a file in it: ConfigError naming
+    `given_as` (the key or flag that gave it) and the reason when that fails, before any
+    work that would write there. Returns `folder`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as err:
+        blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        reason = (f"'{blocking}' is a file, not a folder" if blocking is not None
+                  and not blocking.is_dir() else err.strerror or str(err))
+        raise ConfigError(f"{given_as}: cannot write in '{folder}' ({reason})") from None
+    return folder
 
 
 def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
     """One JSON object as a line at the end of `path`, flushed to disk before returning (a
-    kill can cut short only the line being written, which `read_jsonl` recognises)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    kill or a full disk can cut short only the line being written, which `read_jsonl`
+    recognises). WriteFailed naming the file when the write fails."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise WriteFailed(f"could not write '{path}': {err.strerror or err}") from err
 
 
 def read_jsonl(path: Path, warn: Callable[[str], None] | None = None
@@ -183,7 +232,7 @@ class RunFolder:
         return run
 
     def write_text(self, name: str, text: str) -> None:
-        _atomic_write(self.path / name, lambda tmp: tmp.write_text(text))
+        atomic_text(self.path / name, text)
 
     def append_jsonl(self, name: str, record: Mapping[str, Any]) -> None:
         append_jsonl(self.path / name, record)
@@ -212,11 +261,11 @@ class RunFolder:
         (written first: a round's checkpoint is complete once its models are there);
         `keep` > 0 deletes all but the newest `keep` rounds."""
         if server_state is not None:
-            _atomic_write(self.checkpoints / server_state_name(server_round),
+            atomic_write(self.checkpoints / server_state_name(server_round),
                           lambda tmp: torch.save(server_state, tmp))
         names = checkpoint_names(server_round, len(states), fused)
         for name, state in zip(names, states, strict=True):
-            _atomic_write(self.checkpoints / name, lambda tmp, s=state: torch.save(s, tmp))
+            atomic_write(self.checkpoints / name, lambda tmp, s=state: torch.save(s, tmp))
         if keep > 0:
             files = self._checkpoint_files()
             stale = set(sorted({r for r, _ in files})[:-keep])

@@ -13,13 +13,14 @@ Accuracies are fractions (0..1) everywhere in the data and percent only when for
 
 from __future__ import annotations
 
-import csv
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+
+from .outputs import atomic_write, write_csv
 
 
 def percent(x: float) -> str:
@@ -49,6 +50,12 @@ def drift_label(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
+
+
+def save_png(fig: Any, path: Path, dpi: int) -> None:
+    """A matplotlib figure as the PNG file `path`, written atomically (`atomic_write`: a
+    failed write keeps the previous picture; WriteFailed names the file)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def pyplot():
@@ -91,27 +98,22 @@ def final_table(records: Sequence[Mapping[str, Any]], fused: bool) -> tuple[Tabl
 # --- analogai-fl infer ----------------------------------------------------------------------
 
 def write_infer(results: Sequence[Mapping[str, Any]], out: Path) -> list[Path]:
-    """drift.csv, n_w_sweep.csv (if swept) and infer.png in `out`."""
+    """drift.csv, n_w_sweep.csv (if swept) and infer.png in `out`, each written atomically
+    (WriteFailed naming the file)."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "drift.csv"]
-    with open(written[0], "w", newline="") as f:
-        rows = csv.writer(f)
-        rows.writerow(["model", "device", "n_w", "drift", "seconds", "mean", "std",
-                       "clean_acc"])
-        for r in results:
-            for label, e in r["drift"].items():
-                rows.writerow([r["model"], r["protocol"]["device"], r["protocol"]["n_w"], label,
-                               e["seconds"], e["mean"], e["std"], r["clean_acc"]])
+    write_csv(written[0], ["model", "device", "n_w", "drift", "seconds", "mean", "std",
+                           "clean_acc"],
+              [[r["model"], r["protocol"]["device"], r["protocol"]["n_w"], label,
+                e["seconds"], e["mean"], e["std"], r["clean_acc"]]
+               for r in results for label, e in r["drift"].items()])
     if any("n_w_sweep" in r for r in results):
         written.append(out / "n_w_sweep.csv")
-        with open(written[-1], "w", newline="") as f:
-            rows = csv.writer(f)
-            rows.writerow(["model", "device", "n_w", "drift", "seconds", "mean", "std"])
-            for r in results:
-                for n_w, per_time in r.get("n_w_sweep", {}).items():
-                    for label, e in per_time.items():
-                        rows.writerow([r["model"], r["protocol"]["device"], n_w, label,
-                                       e["seconds"], e["mean"], e["std"]])
+        write_csv(written[-1], ["model", "device", "n_w", "drift", "seconds", "mean", "std"],
+                  [[r["model"], r["protocol"]["device"], n_w, label, e["seconds"], e["mean"],
+                    e["std"]] for r in results
+                   for n_w, per_time in r.get("n_w_sweep", {}).items()
+                   for label, e in per_time.items()])
     written.append(out / "infer.png")
     plot_infer(results, written[-1])
     return written
@@ -148,7 +150,7 @@ def plot_infer(results: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.set_title(f"{proto['device']}: accuracy vs n_w")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -18,11 +18,11 @@ from strategies import RoundFailed, build_strategy, keeps_server_state
 from strategies.retry import RetryingGrid
 
 from .analog import drift_accuracy
-from .checks import evaluation_device, model_state, prepare
+from .checks import check_output_place, evaluation_device, model_state, prepare
 from .config import dump_yaml
 from .curves import CURVES_FILE, write_run_curves
 from .data import Splits
-from .errors import ConfigError
+from .errors import ConfigError, WriteFailed
 from .models import deployed_model, model_for
 from .outputs import RunFolder
 from .partitions import describe_partition
@@ -124,6 +124,7 @@ def main(grid: Grid, context: Context) -> None:
 def run_experiment(grid: Grid, context: Context) -> None:
     started = time.time()
     prepared = prepare(context.run_config)  # downloads the data before any client needs it
+    check_output_place(prepared.exp)
     exp, data = prepared.exp, prepared.data
     cfg, sigmas, fused = exp.config, exp.noise_levels, exp.fused
     run: RunFolder | None = None
@@ -204,14 +205,19 @@ def run_experiment(grid: Grid, context: Context) -> None:
             strategy.start(grid=retrying, initial_arrays=initial, num_rounds=remaining,
                            train_config=ConfigRecord({CONFIG_KEY: json.dumps(cfg).encode()}),
                            evaluate_fn=evaluator)
-        except RoundFailed as err:
+        except (RoundFailed, WriteFailed) as err:
             # failed.txt: the reason on its first line, the advice on its second (ablate
             # reads the reason and gives advice of its own)
+            cause = ("Free space or make the folder writable" if isinstance(err, WriteFailed)
+                     else "Fix the cause")
             message = (f"{err}. The run stops; its last good round is {evaluator.last_saved}."
-                       f"\nFix the cause, then continue with output.resume='{run.path}'.")
-            run.write_text("failed.txt", message + "\n")
+                       f"\n{cause}, then continue with output.resume='{run.path}'.")
+            try:
+                run.write_text("failed.txt", message + "\n")
+            except WriteFailed as also:  # the same full disk: the console still says it
+                console.print(f"analogai-fl: warning: {also}")
             console.print(f"analogai-fl: error: {message}")
-            raise RoundFailed(message) from None
+            raise type(err)(message) from None
         finally:
             if tensorboard is not None:
                 tensorboard.close()

@@ -112,3 +112,101 @@ def test_a_damaged_server_state_skips_its_round_when_the_strategy_keeps_one(run,
     found_round, _ = run.last_checkpoint(1, fused=True, warn=said.append, server_state=True)
     assert found_round == 1 and str(state_file) in said[0] and "from round 1" in said[0]
     assert run.last_checkpoint(1, fused=True, warn=said.append)[0] == 2
+
+
+def _fill_disk_after(limit: int):
+    """A stand-in for a full disk: a writer that writes `limit` bytes of what it is given,
+    then fails as the file system does (ENOSPC), leaving a file cut short."""
+    import errno
+
+    def write(data: bytes):
+        def to(tmp):
+            tmp.write_bytes(data[:limit])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return to
+    return write
+
+
+def test_a_write_cut_short_keeps_the_previous_version_and_leaves_no_temporary_file(tmp_path):
+    """atomic_write, under every file the product writes: the previous version stays, no
+    temporary file remains, and WriteFailed names the file and the reason; torch.save's
+    RuntimeError on a full disk is the same failure."""
+    from analogai_fl.errors import WriteFailed
+    from analogai_fl.outputs import atomic_text, atomic_write
+
+    path = tmp_path / "curves.png"
+    atomic_text(path, "round 1's picture")
+    with pytest.raises(WriteFailed, match=f"could not write '{path}': No space left on device"):
+        atomic_write(path, _fill_disk_after(4)(b"round 2's picture"))
+    assert path.read_text() == "round 1's picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
+
+    def torch_full(tmp):
+        tmp.write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 2176 "
+                           "vs 2088")
+    with pytest.raises(WriteFailed, match="unexpected pos 2176 vs 2088"):
+        atomic_write(path, torch_full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
+
+
+def test_a_checkpoint_or_record_that_cannot_be_written_names_its_file(run, lenet, monkeypatch):
+    """A round's checkpoint on a full disk (torch.save fails part-way): WriteFailed naming
+    the file, the previous round's checkpoint intact and readable, no temporary file; an
+    appended record that cannot be written names its file too."""
+    from analogai_fl.errors import WriteFailed
+    from analogai_fl.outputs import read_checkpoint
+
+    run.save_checkpoint(1, [lenet.state_dict()], fused=True)
+    real = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        real(obj, f, *args, **kwargs)
+        with open(f, "r+b") as cut:
+            cut.truncate(100)  # what a full disk leaves
+        raise RuntimeError("unexpected pos 2176 vs 2088")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(WriteFailed, match="round_0002.pt"):
+        run.save_checkpoint(2, [lenet.state_dict()], fused=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["round_0001.pt"]
+    assert read_checkpoint(run.checkpoints / "round_0001.pt").keys() == \
+        lenet.state_dict().keys()
+    (run.path / "metrics.jsonl").mkdir()  # a path that cannot take a line
+    with pytest.raises(WriteFailed, match="metrics.jsonl"):
+        run.append_jsonl("metrics.jsonl", {"round": 1})
+
+
+def test_every_output_place_is_probed_before_any_work_in_one_line(run, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A place that cannot take files (here a file in the way) is refused before any work,
+    naming the key or flag: output.dir by check (and so by the ServerApp, which runs the
+    same checks), --out by export before converting, infer before evaluating (its default
+    folder, or --out), ablate and plot before anything else."""
+    from analogai_fl import cli, cli_checkpoints
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    checkpoint = run.checkpoints / "round_0001.pt"
+    torch.manual_seed(0)
+    from analogai_fl.models import build_model
+    torch.save(build_model("lenet", 1, 10, 32).state_dict(), checkpoint)
+    monkeypatch.setattr(cli_checkpoints, "evaluate_checkpoint",
+                        lambda *a, **k: pytest.fail("evaluated before the output was probed"))
+    cases = [
+        (["check", "--run-config", f"output.dir='{blocker}/runs'"], "key 'output.dir'"),
+        (["export", str(checkpoint), "--out", f"{blocker}/m.pt"], "--out"),
+        (["infer", str(checkpoint), "--out", f"{blocker}/infer"], "--out"),
+        (["ablate", "--arms", "vanilla", "--out", f"{blocker}/abl"], "--out"),
+        (["plot", str(run.path), "--out", f"{blocker}/c.png"], "--out"),
+    ]
+    run.append_jsonl("metrics.jsonl", {"round": 0, "clean_acc": 0.5, "val_acc": 0.5})
+    for argv, named_as in cases:
+        assert cli.main(argv) == 2, argv
+        said = capsys.readouterr().err.strip().splitlines()
+        assert len(said) == 1 and f"{named_as}: cannot write in '{blocker}" in said[0], said
+        assert f"('{blocker}' is a file, not a folder)" in said[0]
+    (run.path / "infer").write_text("in the way too")  # infer's default place
+    assert cli.main(["infer", str(checkpoint)]) == 2
+    assert "the run folder's infer/" in capsys.readouterr().err

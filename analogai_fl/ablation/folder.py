@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import defaults
 from ..errors import ConfigError
-from ..outputs import RunFolder, append_jsonl, read_jsonl
+from ..outputs import RunFolder, append_jsonl, atomic_text, atomic_write, read_jsonl
 from ..schema import CONF_KEY
 from ..settings import Experiment
 
@@ -66,9 +66,8 @@ def save_model(model: nn.Module, path: Path) -> None:
     """`model`'s state_dict to `path`, written atomically (a plain state_dict: `analogai-fl
     infer` and `model.init` read it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 STATE_FILE = "ablation.json"  # what the folder's rows were made with
@@ -92,9 +91,7 @@ def write_state(out: Path, exp: Experiment) -> None:
     """ablation.json: the settings the folder's rows are made with (`identity`), written
     atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps({"config": identity(exp.config)}, indent=1))
-    tmp.replace(out / STATE_FILE)
+    atomic_text(out / STATE_FILE, json.dumps({"config": identity(exp.config)}, indent=1))
 
 
 def append_row(out: Path, row: Mapping[str, Any]) -> None:

@@ -11,12 +11,12 @@ the report is exploratory.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..comparison import Paired, holm, paired_difference
+from ..outputs import write_csv
 from .report import column_value, left_out, test_columns
 
 ALPHA = 0.05  # family-wise error rate of the primary tests
@@ -96,17 +96,17 @@ def write_primary_csv(rows: Sequence[Mapping[str, Any]], contrasts: Sequence[tup
                       endpoints: Sequence[tuple[str, str]], n_w_columns: Sequence[float],
                       path: Path) -> None:
     """primary.csv: one line per analysis and test (differences as fractions)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["analysis", "arm", "minus", "protocol", "column", "seeds",
-                         "mean_difference", "ci95_low", "ci95_high", "p", "holm_p",
-                         "decision", "left_out_collapsed"])
-        for analysis, without in (("intention_to_treat", False), ("without_collapsed", True)):
-            for t in primary_tests(rows, contrasts, endpoints, n_w_columns, without):
-                p: Paired | None = t["paired"]
-                writer.writerow([analysis, t["arm"], t["minus"], t["protocol"], t["column"],
-                                 "" if p is None else " ".join(map(str, p.seeds)),
-                                 *(["", "", "", ""] if p is None else [p.mean, p.low, p.high,
-                                                                       p.p]),
-                                 t.get("holm_p", ""), decision(t),
-                                 " ".join(map(str, t["left_out"]))])
+    def line(analysis: str, t: Mapping[str, Any]) -> list[Any]:
+        p: Paired | None = t["paired"]
+        return [analysis, t["arm"], t["minus"], t["protocol"], t["column"],
+                "" if p is None else " ".join(map(str, p.seeds)),
+                *(["", "", "", ""] if p is None else [p.mean, p.low, p.high, p.p]),
+                t.get("holm_p", ""), decision(t), " ".join(map(str, t["left_out"]))]
+
+    write_csv(path, ["analysis", "arm", "minus", "protocol", "column", "seeds",
+                     "mean_difference", "ci95_low", "ci95_high", "p", "holm_p", "decision",
+                     "left_out_collapsed"],
+              [line(analysis, t)
+               for analysis, without in (("intention_to_treat", False),
+                                         ("without_collapsed", True))
+               for t in primary_tests(rows, contrasts, endpoints, n_w_columns, without)])

@@ -7,7 +7,6 @@ Accuracies are fractions (0..1) in the data and percent only when formatted.
 
 from __future__ import annotations
 
-import csv
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +19,8 @@ from ..comparison import (
     normalised_accuracy,
     paired_difference,
 )
-from ..reporting import drift_label, pyplot, spread
+from ..outputs import atomic_text, write_csv
+from ..reporting import drift_label, pyplot, save_png, spread
 from ..schema import PROTOCOLS
 from ..schema_ablation import CRITERION_PROTOCOL
 
@@ -251,10 +251,8 @@ def write_paired_csv(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
                      n_w_columns: Sequence[float], reference: str, path: Path) -> None:
     """paired.csv: one line per (protocol, column, arm) against `reference` (fractions)."""
     arms = [a for a in dict.fromkeys(r["arm"] for r in rows) if a != reference]
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["protocol", "column", "arm", "reference", "seeds", "mean_difference",
-                         "ci95_low", "ci95_high", "verdict", "left_out_collapsed"])
+
+    def lines():
         if reference not in {r["arm"] for r in rows}:
             return
         for name in PROTOCOLS:
@@ -264,11 +262,14 @@ def write_paired_csv(rows: Sequence[Mapping[str, Any]], labels: Sequence[str],
                     gone = " ".join(map(str, seeds))
                     p = _paired(rows, arm, reference, name, column, seeds)
                     if p is None:
-                        writer.writerow([name, title, arm, reference, "", "", "", "",
-                                         "no seed left: not compared", gone])
+                        yield [name, title, arm, reference, "", "", "", "",
+                               "no seed left: not compared", gone]
                         continue
-                    writer.writerow([name, title, arm, reference, " ".join(map(str, p.seeds)),
-                                     p.mean, p.low, p.high, p.verdict, gone])
+                    yield [name, title, arm, reference, " ".join(map(str, p.seeds)), p.mean,
+                           p.low, p.high, p.verdict, gone]
+
+    write_csv(path, ["protocol", "column", "arm", "reference", "seeds", "mean_difference",
+                     "ci95_low", "ci95_high", "verdict", "left_out_collapsed"], lines())
 
 
 def write_ablation(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[float],
@@ -281,12 +282,10 @@ def write_ablation(rows: Sequence[Mapping[str, Any]], n_w_columns: Sequence[floa
         write_tuning(rows, out)
         return
     flat = [_flat_row(r) for r in rows]
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(flat[0]))
-        writer.writeheader()
-        writer.writerows(flat)
-    (out / "results.md").write_text((lead + "\n\n" if lead else "")
-                                    + ablation_markdown(rows, n_w_columns, reference))
+    header = list(flat[0])
+    write_csv(out / "results.csv", header, [[f.get(k, "") for k in header] for f in flat])
+    atomic_text(out / "results.md", (lead + "\n\n" if lead else "")
+                + ablation_markdown(rows, n_w_columns, reference))
     labels = list(rows[0]["protocols"]["realistic"]["drift"])
     write_paired_csv(rows, labels, n_w_columns, reference, out / "paired.csv")
     plot_ablation(rows, out)
@@ -327,18 +326,16 @@ def tuning_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 def write_tuning(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
     """results.md (`tuning_markdown`) and results.csv (one line per row: its criterion and
     validation accuracies, fractions) of a tuning run."""
-    (out / "results.md").write_text(tuning_markdown(rows))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        labels = list(rows[0]["val"]["protocols"][CRITERION_PROTOCOL]["drift"])
-        writer.writerow(["arm", "method", "seed", "criterion", "val_clean",
-                         *[f"val_{CRITERION_PROTOCOL}_pcm_{x}_mean" for x in labels],
-                         "sample_passes", "wall_seconds", "collapsed"])
-        for r in rows:
-            drift = r["val"]["protocols"][CRITERION_PROTOCOL]["drift"]
-            writer.writerow([r["arm"], r["method"], r["seed"], criterion(r), r["val"]["clean"],
-                             *[drift[x]["mean"] for x in labels], r["sample_passes"],
-                             r["wall_seconds"], collapse_reason(r) or ""])
+    atomic_text(out / "results.md", tuning_markdown(rows))
+    labels = list(rows[0]["val"]["protocols"][CRITERION_PROTOCOL]["drift"])
+    write_csv(out / "results.csv",
+              ["arm", "method", "seed", "criterion", "val_clean",
+               *[f"val_{CRITERION_PROTOCOL}_pcm_{x}_mean" for x in labels], "sample_passes",
+               "wall_seconds", "collapsed"],
+              [[r["arm"], r["method"], r["seed"], criterion(r), r["val"]["clean"],
+                *[r["val"]["protocols"][CRITERION_PROTOCOL]["drift"][x]["mean"]
+                  for x in labels], r["sample_passes"], r["wall_seconds"],
+                collapse_reason(r) or ""] for r in rows])
 
 
 def seed_curve(rows: Sequence[Mapping[str, Any]], protocol: str, kind: str
@@ -381,5 +378,5 @@ def plot_ablation(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / fname, dpi=120)
+        save_png(fig, out / fname, dpi=120)
         plt.close(fig)

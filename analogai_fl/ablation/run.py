@@ -10,6 +10,7 @@ from typing import Any
 from ..comparison import collapse_reason
 from ..errors import ArmFailed, ConfigError
 from ..flwr_cli import RunFailed
+from ..outputs import probe_writable
 from ..schema_ablation import ARM_NAMES
 from ..settings import Experiment
 from ..training import TrainingDiverged
@@ -73,6 +74,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
     holds an ablation of other settings. The folders in `merge` (the same settings) give
     `out` the rows it lacks first (`merge_folders`), after the plan is checked."""
     runs = plan(exp, overrides, out, seeds, names)
+    probe_writable(out, "--out")  # after every check, before any work
     if merge:
         progress(f"merged {merge_folders(exp, out, merge, progress)} (arm, seed) row(s) "
                  f"from {', '.join(map(str, merge))}")
