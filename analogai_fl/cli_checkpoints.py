@@ -64,17 +64,22 @@ def find_checkpoints(path: Path, model_index: int | None) -> list[Checkpoint]:
 
 def infer_config(checkpoint: Path, conf: str | None,
                  run_config: str | list[str]) -> dict[str, Any]:
-    """The run config of `infer`: the run's saved config (two levels above the checkpoint)
-    or `conf` as the conf file, plus the `--run-config` overrides."""
+    """The run config of `infer` and `export`: `conf` as the conf file, else the config
+    saved with the checkpoint (an ablation's model: `<stem>.yaml` beside it; a run's
+    checkpoint: the run folder's config.yaml, two levels above), plus the `--run-config`
+    overrides."""
     if conf is not None:
         conf_path = Path(conf).expanduser()
         if not conf_path.is_file():
             raise CliError(f"--conf '{conf}' does not exist (expected a YAML conf file)")
     else:
-        conf_path = checkpoint.resolve().parent.parent / "config.yaml"
+        beside = checkpoint.resolve().with_suffix(".yaml")
+        conf_path = beside if beside.is_file() else \
+            checkpoint.resolve().parent.parent / "config.yaml"
         if not conf_path.is_file():
-            raise CliError(f"no config for '{checkpoint}': expected the run folder's "
-                           f"config.yaml at '{conf_path}'; pass --conf FILE")
+            raise CliError(f"no config for '{checkpoint}': expected '{beside.name}' beside it "
+                           f"(an ablation's model) or the run folder's config.yaml at "
+                           f"'{conf_path}'; pass --conf FILE")
     return {CONF_KEY: str(conf_path.resolve()), **parse_run_config(run_config)}
 
 

@@ -317,7 +317,8 @@ def test_the_clipped_arm_and_the_primary_tests_join_a_finished_folder(tiny_ablat
                                                                       tmp_path, capsys):
     """vanilla_clipped is vanilla's saved model clipped once at HWA's clip, no training (its
     sample passes are vanilla's), evaluated like every arm; its saved model is the clipped
-    one, and `infer` on it gives its row. The pre-registration keys only change the report:
+    one, and `infer` on it gives its row without --conf. The pre-registration keys only
+    change the report:
     given on a finished folder they lead results.md with the primary tests and write
     primary.csv, and nothing is trained again."""
     from analogai_fl.cli import main
@@ -349,10 +350,9 @@ def test_the_clipped_arm_and_the_primary_tests_join_a_finished_folder(tiny_ablat
     assert "| MSNAT − vanilla, clipped once at 2.5 std (no training) | `realistic` PCM 1d | 3 |" \
         in md  # one seed: no interval, no test
     assert len((out / "primary.csv").read_text().splitlines()) == 1 + 2 * 4
-    (config_of,) = (out / "runs").glob("vanilla-seed3-*/config.yaml")
-    capsys.readouterr()
+    capsys.readouterr()  # no --conf: the config its row was evaluated with is beside it
     assert main(["infer", str(ablation_folder.model_path(out, "vanilla_clipped", 3)),
-                 "--conf", str(config_of), "--no-sweep", "--out", str(tmp_path / "infer"),
+                 "--no-sweep", "--out", str(tmp_path / "infer"),
                  "--run-config", "inference.drift_times='1,86400' inference.repeats=1"]) == 0
     printed = capsys.readouterr().out
     assert f"{100 * clipped['clean']:.1f}" in printed and "max|W|/rms(W)" in printed
@@ -474,8 +474,8 @@ def test_an_ablation_folder_refused_for_its_settings_or_damage_continues_as_advi
 def _folder_with_rows(out, exp, rows, run_folders=()):
     ablation_folder.write_state(out, exp)
     for arm, seed, clean in rows:
-        ablation_folder.save_model(torch.nn.Linear(2, 2), ablation_folder.model_path(out, arm,
-                                                                                     seed))
+        ablation_folder.save_model(torch.nn.Linear(2, 2),
+                                   ablation_folder.model_path(out, arm, seed), exp.config)
         ablation_folder.append_row(out, {"arm": arm, "seed": seed, "clean": clean,
                                          "model": "elsewhere", "protocols": {}})
     for name in run_folders:
@@ -518,6 +518,7 @@ def test_merge_copies_the_rows_a_folder_lacks_with_their_models_and_checks_every
     for key in [("msnat", 1), ("vanilla", 2)]:
         model = ablation_folder.model_path(out, *key)
         assert rows[key]["model"] == str(model) and model.exists()
+        assert ablation_folder.config_beside(model).exists()  # what infer reads
         assert torch.equal(torch.load(model)["weight"],
                            torch.load(ablation_folder.model_path(part, *key))["weight"])
     assert sorted(p.name for p in (out / ablation_folder.RUNS_DIR).iterdir()) == [

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import defaults
+from ..config import defaults, dump_yaml
 from ..errors import ConfigError
 from ..outputs import RunFolder, append_jsonl, atomic_text, atomic_write, read_jsonl
 from ..schema import CONF_KEY
@@ -62,12 +62,20 @@ def hwa_checkpoint(out: Path, name: str, seed: int) -> Path:
     return out / RUNS_DIR / f"{name}-seed{seed}" / "hwa_epoch.pt"
 
 
-def save_model(model: nn.Module, path: Path) -> None:
-    """`model`'s state_dict to `path`, written atomically (a plain state_dict: `analogai-fl
-    infer` and `model.init` read it)."""
+def save_model(model: nn.Module, path: Path, config: Mapping[str, Any]) -> None:
+    """`model`'s state_dict to `path` (a plain state_dict: `analogai-fl infer` and
+    `model.init` read it) and beside it `<stem>.yaml`, the `config` its row was evaluated
+    with (`config_beside`: what `infer` and `export` read when no --conf is given), both
+    written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_text(config_beside(path), dump_yaml(config))
+
+
+def config_beside(model: Path) -> Path:
+    """The config saved beside an ablation's model (`save_model`)."""
+    return model.with_suffix(".yaml")
 
 
 STATE_FILE = "ablation.json"  # what the folder's rows were made with
@@ -172,6 +180,9 @@ def merge_folders(exp: Experiment, out: Path, others: Sequence[Path],
             model = model_path(out, row["arm"], row["seed"])
             model.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(model_path(other, row["arm"], row["seed"]), model)
+            if config_beside(model_path(other, row["arm"], row["seed"])).exists():
+                shutil.copy2(config_beside(model_path(other, row["arm"], row["seed"])),
+                             config_beside(model))
             for run in run_folders(other, row["arm"], row["seed"]):
                 if not (out / RUNS_DIR / run.name).exists():
                     shutil.copytree(run, out / RUNS_DIR / run.name)

@@ -121,7 +121,7 @@ def run_ablation(exp: Experiment, overrides: Mapping[str, Any], out: Path,
         if init is not None and run.arm.kind != "clipped":
             trained.note = "; ".join(filter(None, [
                 f"fine-tuned from vanilla ({pre:.3g} of its sample passes)", trained.note]))
-        save_model(trained.model, model_path(out, run.name, run.seed))
+        save_model(trained.model, model_path(out, run.name, run.seed), run.base.config)
         progress(f"[seed {run.seed}] evaluating {label} ...")
         metrics = evaluate(trained.model, run.data, run.base)
         row = {"arm": run.name, "method": label, "seed": run.seed,
