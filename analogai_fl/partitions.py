@@ -15,8 +15,9 @@ import warnings
 import numpy as np
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .data import DataSettings, ImageDataset, Splits
+from .data import DataSettings, Splits
 from .errors import ConfigError
+from .images import ImageDataset
 
 PARTITIONS = ("full", "iid", "dirichlet")
 
