@@ -49,11 +49,8 @@ def model_facts(exp: Experiment) -> ModelFacts:
     except (ValueError, RuntimeError) as err:
         if user_model.is_import_path(exp.model):
             shape = data_shape(exp.data)
-            raise ConfigError(
-                f"key 'model.name' = '{exp.model}': its forward fails on one batch of the "
-                f"configured data (input shape (2, {shape.in_channels}, {shape.image_size}, "
-                f"{shape.image_size})): {type(err).__name__}: {str(err).splitlines()[0]}"
-            ) from None
+            raise user_model.forward_failed(exp.model, (2, shape.in_channels, shape.image_size,
+                                                        shape.image_size), err) from None
         raise ConfigError(f"keys 'model.name'={exp.model!r} and 'data.image_size'="
                           f"{exp.data.image_size} do not fit together: "
                           f"{str(err).splitlines()[0]}") from None

@@ -201,7 +201,7 @@ def run_plot(args: argparse.Namespace) -> int:
         out = Path(f"curves-{'-vs-'.join(Path(f).resolve().name for f in args.runs)}.png")
     if out.suffix.lower() != ".png":
         raise CliError(f"--out '{out}': expected a .png file")
-    probe_writable(out.parent if str(out.parent) else Path("."), "--out")
+    probe_writable(out.parent, "--out")
     print(f"Wrote {plot_curves(runs, out)}")
     return 0
 

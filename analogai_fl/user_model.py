@@ -93,6 +93,13 @@ def built(path: str, factory: Callable[[int, int, int], nn.Module], in_channels:
     return model
 
 
+def forward_failed(path: str, shape: tuple[int, ...], err: Exception) -> ConfigError:
+    """The refusal of a factory whose forward fails on a batch of input `shape`."""
+    return ConfigError(f"{KEY} = '{path}': its forward fails on one batch of the configured "
+                       f"data (input shape {shape}): {type(err).__name__}: "
+                       f"{str(err).splitlines()[0]}")
+
+
 class _FunctionalCalls(TorchFunctionMode):
     """Records each functional linear/convolution call of a forward with the innermost
     module running it (the stack kept by the hooks `check_model` registers)."""
@@ -158,9 +165,7 @@ def check_model(path: str, model: nn.Module, batch: torch.Tensor, num_classes: i
             model.eval()
             out = model(batch)
     except Exception as err:
-        raise ConfigError(f"{KEY} = '{path}': its forward fails on one batch of the "
-                          f"configured data (input shape {tuple(batch.shape)}): "
-                          f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+        raise forward_failed(path, tuple(batch.shape), err) from None
     finally:
         for hook in hooks:
             hook.remove()
